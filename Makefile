@@ -6,17 +6,22 @@ STUDY  := $(VENV)/bin/study
 # torch first and alone: the pinned CPU wheel is on local disk; an unpinned torch pulls CUDA.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test zoo bench browser clean-cache
+.PHONY: setup demo test zoo bench browser clean-cache lock
 
 $(PY):
 	python3 -m venv $(VENV)
 
 $(VENV)/.torch-installed: | $(PY)
-	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q --no-deps $(TORCH)
 	touch $@
 
-$(VENV)/.project-installed: pyproject.toml $(VENV)/.torch-installed
-	$(PY) -m pip install -q -e '.[test]'
+# Everything else exactly as locked (requirements.lock, transitive packages included), then the
+# project itself without resolving anything; `pip check` fails on a lock that is not self-consistent.
+# tests/test_environment.py fails when what is installed differs from the lock.
+$(VENV)/.project-installed: pyproject.toml requirements.lock $(VENV)/.torch-installed
+	$(PY) -m pip install -q --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
 setup: $(VENV)/.project-installed
@@ -36,6 +41,11 @@ test: setup browser
 
 zoo: setup
 	$(PY) -m mechstudy.stdlib.zoo.build all
+
+# Re-resolve pyproject.toml's ranges in a throwaway venv and rewrite requirements.lock. Deliberate:
+# review the diff, run `make test`, commit both files together.
+lock:
+	./tools/lock.sh
 
 bench: setup
 	$(PY) benchmarks/run.py
