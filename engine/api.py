@@ -82,7 +82,7 @@ class Handle:
         """The main table (polars); sweep points are concatenated."""
         import polars as pl
 
-        from mechstudy.engine.reporting import main_table
+        from mechstudy.engine.results import main_table
 
         frames = [main_table(a) for a in self.artifacts()]
         return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal")

@@ -26,7 +26,7 @@ def run_dataset(inputs: dict, params: dict, ctx: Any) -> Artifact:
     return ds.run(inputs, dict(params["params"]), ctx)
 
 
-@spec.operator("chart", version=1, params=[Param("kind", str), Param("title", str, None)])
+@spec.operator("chart", version=2, params=[Param("kind", str), Param("title", str, None)])
 def run_chart(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """A chart of a result: a Vega-Lite spec stored as JSON."""
     render = spec.CHARTS[params["kind"]].render

@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_pack", default=None, help="verify the results in this pack")
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--atol", type=float, default=1e-5)
+    p = sub.add_parser("export", help="save a result's charts as PNG or SVG files")
+    p.add_argument("study")
+    p.add_argument("name")
+    _cache_arg(p)
+    p.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
+    p.add_argument("-o", "--out", default=None, help="directory (default out/<study>)")
+    p.add_argument("--scale", type=float, default=2.0, help="PNG pixels per chart pixel")
     sub.add_parser("ops", help="the operator reference")
     sub.add_parser("models", help="the zoo: embedded models and their measured behaviours")
     return ap
@@ -143,6 +150,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.cmd == "show":
         return _show(args)
+
+    if args.cmd == "export":
+        return _export(args)
 
     if args.cmd in ("pack", "unpack", "verify"):
         return _pack_cmds(args)
@@ -234,9 +244,46 @@ def _pack_cmds(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from mechstudy.engine import run as runmod
+    from mechstudy.engine.report import export_chart
+    from mechstudy.engine.results import gather
+    from mechstudy.engine.spec import suggest
+    from mechstudy.engine.store import Store
+
+    plan = runmod.check_and_plan(args.study)
+    if args.name not in plan.results:
+        hint = suggest(args.name, plan.results)
+        print(f"error: no result named {args.name!r}" + (f"; did you mean {hint!r}?" if hint else ""), file=sys.stderr)
+        return 1
+    store = Store(args.cache)
+    points = [p for p in gather(plan, store) if p.name == args.name] if _computed(plan, store, args.name) else []
+    if not points:
+        print(f"error: {args.name} is not computed yet; run `study run {args.study}` first", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else Path("out") / Path(args.study).stem
+    written = 0
+    for p in points:
+        charts = p.charts()
+        if not charts:
+            print(f"{p.label}: no chart (add `plot {args.name} as heatmap`, or see `study show`)", file=sys.stderr)
+        for i, spec in enumerate(charts):
+            stem = p.label.replace(" [", "-").replace("]", "").replace(", ", "-")
+            path = out / f"{stem}{'' if i == 0 else f'-{i + 1}'}.{args.format}"
+            export_chart(spec, path, scale=args.scale)
+            print(path)
+            written += 1
+    return 0 if written else 1
+
+
+def _computed(plan, store, name: str) -> bool:  # noqa: ANN001
+    res = plan.results[name]
+    return all(store.has(n.key) for n in res.nodes) and all(store.has(c.key) for c in res.charts)
+
+
 def _show(args: argparse.Namespace) -> int:
     from mechstudy.engine import run as runmod
-    from mechstudy.engine.reporting import main_table
+    from mechstudy.engine.results import main_table
     from mechstudy.engine.spec import suggest
     from mechstudy.engine.store import Store
 

@@ -44,6 +44,52 @@ def ops_reference() -> str:
     return "\n".join(out)
 
 
+# The `file` generator is declared with a path string, which a generated call cannot show.
+_DATASET_EXAMPLES = {
+    "file": 'dataset mine = file "studies/data/prompts.csv" prompt=text answer=answer wrong=wrong corrupted=corrupted',
+}
+
+
+def dataset_example(ds: spec.DatasetSpec) -> str:
+    """A declaration of the generator that `study check` accepts (a test checks each one):
+    the spec's own `example` when it has one, else a call with its first options' defaults.
+
+    >>> from mechstudy.engine.spec import DatasetSpec, Param
+    >>> dataset_example(DatasetSpec("demo", 1, (Param("n", int, 8), Param("seed", int, 0), Param("x", str, None)), None))
+    'dataset demo = demo(n=8, seed=0)'
+    """
+    if getattr(ds, "example", None):
+        return ds.example
+    if ds.name in _DATASET_EXAMPLES:
+        return _DATASET_EXAMPLES[ds.name]
+    shown = [p for p in ds.params if not p.required and p.default is not None][:3]
+    args = ", ".join(f"{p.name}={_literal(p.default)}" for p in shown)
+    return f"dataset {ds.name} = {ds.name}({args})"
+
+
+def _literal(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return v if v.isidentifier() else f'"{v}"'
+    return repr(v)
+
+
+def datasets_reference() -> str:
+    """Every dataset generator: what it makes, its options with their defaults, an example."""
+    out = ["Datasets (`dataset NAME = GENERATOR(option=value, ...)`)", ""]
+    for ds in sorted(spec.DATASETS.values(), key=lambda d: d.name):
+        out.append(f"{ds.name} (v{ds.version})" + ("  needs a model's tokenizer" if ds.needs_model else ""))
+        if ds.doc:
+            out.extend("  " + line for line in ds.doc.strip().splitlines()[:3])
+        if ds.provides:
+            out.append("  provides: " + ", ".join(sorted(ds.provides)))
+        out.append("  example: " + dataset_example(ds))
+        out.extend(_param_line(p) for p in ds.params)
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def models_listing() -> str:
     src = spec.MODEL_SOURCES.get("zoo")
     if src is None or src.names is None:

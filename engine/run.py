@@ -88,13 +88,15 @@ def run_study(
     )
     res = RunResult(plan, outcomes, 0.0, warnings=warnings)
     res.lock = write_lock(plan, Path(str(path) + ".lock"))
+    # The run's time is taken before the report is written, so the report and the summary line
+    # printed after it quote the same number.
+    res.seconds = time.perf_counter() - t0
     if report:
-        from mechstudy.engine.reporting import build_report
+        from mechstudy.engine.results import build_report
 
         out = Path(out_dir) if out_dir else Path("out") / Path(path).stem
-        res.seconds = time.perf_counter() - t0
-        res.report = build_report(plan, store, outcomes, out / "report.html", res.lock, res.summary())
-    res.seconds = time.perf_counter() - t0
+        info = {"study": str(path), "seconds": res.seconds, "device": device or auto_device(), "cache": str(store.root)}
+        res.report = build_report(plan, store, outcomes, out / "report.html", res.lock, info)
     return res
 
 

@@ -145,23 +145,84 @@ def _value_col(df: pl.DataFrame, hints: dict, exclude: tuple, kind: str) -> str:
     return _need(df, None, "value", kind)
 
 
-def _finish(chart: alt.Chart, df: pl.DataFrame, hints: dict, title: str | None) -> dict:
+def _finish(chart: alt.Chart, df: pl.DataFrame, hints: dict, title: str | None, columns: int | None = None) -> dict:
     facet = hints.get("facet")
     if facet:
         _need(df, facet, "facet", "faceted")
-        chart = chart.facet(column=alt.Column(facet, type=_vl_type(df, facet)))
+        if columns:  # wrap the panels into rows instead of one long row that scrolls sideways
+            chart = chart.facet(facet=alt.Facet(facet, type=_vl_type(df, facet)), columns=columns)
+        else:
+            chart = chart.facet(column=alt.Column(facet, type=_vl_type(df, facet)))
     title = title or hints.get("title")
     if title:
         chart = chart.properties(title=title)
     return chart.to_dict()
 
 
-def _symmetric_domain(df: pl.DataFrame, col: str) -> list[float]:
+def _finite_values(df: pl.DataFrame, col: str) -> pl.Series:
     vals = df.get_column(col).cast(pl.Float64)
-    vals = vals.filter(vals.is_finite())
+    return vals.filter(vals.is_finite())
+
+
+def _symmetric_domain(df: pl.DataFrame, col: str) -> list[float]:
+    vals = _finite_values(df, col)
     m = float(vals.abs().max()) if len(vals) else 0.0
     m = m if m > 0 else 1.0  # an all-zero map still needs a non-empty domain
     return [-m, m]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def meta(chart_spec: Mapping) -> dict:
+    """The notes a chart leaves for the report in ``usermeta.mechstudy``: ``empty`` (why nothing
+    is drawn), ``clipped`` (values beyond the colour scale), ``scale`` (what the colours span).
+
+    >>> meta(empty_chart("no edges"))["empty"]
+    'no edges'
+    """
+    return dict((chart_spec.get("usermeta") or {}).get("mechstudy") or {})
+
+
+def _with_meta(chart_spec: dict, **notes: Any) -> dict:
+    um = dict(chart_spec.get("usermeta") or {})
+    um["mechstudy"] = {**(um.get("mechstudy") or {}), **{k: v for k, v in notes.items() if v is not None}}
+    chart_spec["usermeta"] = um
+    return chart_spec
+
+
+def empty_chart(reason: str, title: str | None = None) -> dict:
+    """A one-line chart that says why there is nothing to draw (the report shows the reason)."""
+    chart = alt.Chart(alt.Data(values=[{"text": reason}])).mark_text(
+        fontSize=13, color="#616e7c", align="left", baseline="middle", x=0, y=16).encode(
+        text=alt.Text("text", type="nominal"))
+    chart = chart.properties(width=480, height=32)
+    if title:
+        chart = chart.properties(title=title)
+    return _with_meta(chart.configure_view(stroke=None).to_dict(), empty=reason)
+
+
+# Heatmap cells: as large as legible, shrinking for wide grids, within the report's width.
+CELL_MAX, CELL_MIN, ROW_MAX, ROW_MIN = 64, 18, 48, 16
+PLOT_W, PLOT_H = 720, 520  # a heatmap's plot area at most (the report's content is ~1000 px wide)
+
+
+def _cells(n: int, cap: int, most: int, least: int) -> int:
+    """Pixels per cell for n cells: `most` when they fit, shrinking to fill `cap`, never under
+    `least` unless the grid would then be over twice the cap (hundreds of neurons).
+
+    >>> _cells(4, 720, 56, 18), _cells(20, 720, 56, 18), _cells(128, 720, 56, 18)
+    (56, 36, 11)
+    """
+    size = max(least, min(most, cap // max(n, 1)))
+    return size if size * n <= 2 * cap else max(3, (2 * cap) // n)
+
+
+def _js_str(s: str) -> str:
+    import json
+
+    return json.dumps(s)
 
 
 # ---------------------------------------------------------------------------- kinds
@@ -169,22 +230,56 @@ def _symmetric_domain(df: pl.DataFrame, col: str) -> list[float]:
 
 @spec.chart("heatmap")
 def render_heatmap(artifact: Artifact, title: str | None) -> dict:
-    """Layer x head (or layer x position) heatmap; diverging colour centred at 0."""
+    """Layer x head (or layer x position) heatmap; diverging colour centred on 0.
+
+    The colour scale spans the data, symmetric about 0, unless the hints fix one with
+    ``"domain": [lo, hi]``; cells beyond a fixed scale are drawn at its end colour, outlined,
+    and counted in the chart's notes (`meta`). Cells are sized to the grid."""
     df, hints = _table(artifact), _hints(artifact)
+    title = title or hints.get("title")
+    if artifact.data.get("empty") or df.height == 0:
+        return empty_chart(artifact.data.get("empty") or "The result has no rows, so there is nothing to draw.", title)
     y = _need(df, hints.get("y") or "layer", "y", "heatmap")
     x = hints.get("x") or ("head" if "head" in df.columns else "position")
     _need(df, x, "x", "heatmap")
     value = _value_col(df, hints, (x, y), "heatmap")
+    facet = hints.get("facet")
     n_x = max(df.get_column(x).n_unique(), 1)
     n_y = max(df.get_column(y).n_unique(), 1)
-    chart = alt.Chart(alt.Data(values=_values(df))).mark_rect().encode(
-        x=alt.X(x, type="ordinal", title=x),
-        y=alt.Y(y, type="ordinal", title=y),
-        color=alt.Color(value, type="quantitative", title=value,
-                        scale=alt.Scale(scheme="redblue", domain=_symmetric_domain(df, value), domainMid=0)),
-        tooltip=_tooltips(df),
-    ).properties(width=min(760, max(200, 28 * n_x)), height=min(640, max(140, 24 * n_y)))
-    return _finish(chart, df, hints, title)
+    n_panels = df.get_column(facet).n_unique() if facet and facet in df.columns else 1
+    cap_w = PLOT_W if n_panels == 1 else max(160, PLOT_W // min(n_panels, 4))
+    cw, ch = _cells(n_x, cap_w, CELL_MAX, CELL_MIN), _cells(n_y, PLOT_H, ROW_MAX, ROW_MIN)
+    vals = _finite_values(df, value)
+    lo, hi = (float(vals.min()), float(vals.max())) if len(vals) else (0.0, 0.0)
+    fixed = hints.get("domain")
+    domain = [float(fixed[0]), float(fixed[1])] if fixed else _symmetric_domain(df, value)
+    beyond = int(((vals < domain[0]) | (vals > domain[1])).sum()) if len(vals) else 0
+    mid = 0.0 if domain[0] < 0 < domain[1] else (domain[0] + domain[1]) / 2
+    legend = alt.Legend(values=sorted({domain[0], mid, domain[1]}), format=".3~g", title=value,
+                        gradientLength=max(100, min(ch * n_y, 300)), labelFontSize=12)
+    colour = alt.Color(value, type="quantitative", legend=legend,
+                       scale=alt.Scale(scheme="redblue", domain=domain, domainMid=mid, clamp=True, nice=False))
+    upright = cw >= 40 or (df.schema[x].is_numeric() and cw >= 24)
+    x_axis = alt.Axis(labelAngle=0 if upright else -45, labelOverlap="greedy" if cw < 14 else False,
+                      labelFontSize=12, titleFontSize=13, labelLimit=100)
+    base = alt.Chart(alt.Data(values=_values(df)))
+    enc = dict(x=alt.X(x, type="ordinal", title=x, axis=x_axis),
+               y=alt.Y(y, type="ordinal", title=y, axis=alt.Axis(labelFontSize=12, titleFontSize=13)))
+    chart: Any = base.mark_rect().encode(**enc, color=colour, tooltip=_tooltips(df))
+    clipped = None
+    if beyond:
+        v = f"datum[{_js_str(value)}]"
+        ring = base.transform_filter(f"{v} < {domain[0]!r} || {v} > {domain[1]!r}").mark_rect(
+            fill=None, stroke="#111", strokeWidth=2).encode(**enc)
+        chart = alt.layer(chart, ring)
+        clipped = (f"{beyond} cell{'s' if beyond != 1 else ''} beyond the fixed colour scale "
+                   f"[{_fmt(domain[0])}, {_fmt(domain[1])}] (data {_fmt(lo)} to {_fmt(hi)}) "
+                   "drawn at its end colours and outlined")
+    chart = chart.properties(width=cw * n_x, height=ch * n_y)
+    scale = (f"{value}: colour scale centred on {_fmt(mid)}, from {_fmt(domain[0])} to {_fmt(domain[1])}; "
+             f"data from {_fmt(lo)} to {_fmt(hi)}")
+    out = _finish(chart, df, {**hints, "facet": facet}, title, columns=max(1, 900 // (cw * n_x + 50)))
+    return _with_meta(out, clipped=clipped, scale=scale)
 
 
 def _xy_defaults(df: pl.DataFrame, hints: dict, kind: str, x_default: str | None) -> tuple[str, str]:
@@ -198,6 +293,9 @@ def _xy_defaults(df: pl.DataFrame, hints: dict, kind: str, x_default: str | None
 def render_line(artifact: Artifact, title: str | None) -> dict:
     """Per-layer sweep: x = layer (or another numeric column), y = value, colour by series."""
     df, hints = _table(artifact), _hints(artifact)
+    if artifact.data.get("empty") or df.height == 0:
+        return empty_chart(artifact.data.get("empty") or "The result has no rows, so there is nothing to draw.",
+                           title or hints.get("title"))
     nums = _numeric_cols(df)
     x, y = _xy_defaults(df, hints, "line", "layer" if "layer" in df.columns else (nums[0] if nums else None))
     color = hints.get("color") or ("series" if "series" in df.columns else None)
@@ -217,6 +315,9 @@ def render_line(artifact: Artifact, title: str | None) -> dict:
 def render_bar(artifact: Artifact, title: str | None) -> dict:
     """One bar per row (or per category): x = category, y = value, in table order."""
     df, hints = _table(artifact), _hints(artifact)
+    if artifact.data.get("empty") or df.height == 0:
+        return empty_chart(artifact.data.get("empty") or "The result has no rows, so there is nothing to draw.",
+                           title or hints.get("title"))
     cats = [c for c in _scalar_cols(df) if not _is_numeric(df, c)]
     x, y = _xy_defaults(df, hints, "bar", cats[0] if cats else (df.columns[0] if df.columns else None))
     enc: dict[str, Any] = {
@@ -235,6 +336,9 @@ def render_bar(artifact: Artifact, title: str | None) -> dict:
 def render_histogram(artifact: Artifact, title: str | None) -> dict:
     """Distribution of one numeric column (binned counts), optionally split by colour."""
     df, hints = _table(artifact), _hints(artifact)
+    if artifact.data.get("empty") or df.height == 0:
+        return empty_chart(artifact.data.get("empty") or "The result has no rows, so there is nothing to draw.",
+                           title or hints.get("title"))
     nums = _numeric_cols(df)
     x = hints.get("value") or hints.get("x") or (VALUE if VALUE in df.columns else (nums[0] if nums else None))
     _need(df, x, "value", "histogram")
@@ -254,6 +358,9 @@ def render_histogram(artifact: Artifact, title: str | None) -> dict:
 def render_scatter(artifact: Artifact, title: str | None) -> dict:
     """x vs y points (e.g. attribution patching vs activation patching), optional colour/labels."""
     df, hints = _table(artifact), _hints(artifact)
+    if artifact.data.get("empty") or df.height == 0:
+        return empty_chart(artifact.data.get("empty") or "The result has no rows, so there is nothing to draw.",
+                           title or hints.get("title"))
     nums = _numeric_cols(df)
     x = _need(df, hints.get("x") or (nums[0] if nums else None), "x", "scatter")
     y = _need(df, hints.get("y") or next((c for c in nums if c != x), None), "y", "scatter")
@@ -290,6 +397,9 @@ def render_graph(artifact: Artifact, title: str | None) -> dict:
         _need(nodes, col, col, "graph")
     for col in ("src", "dst", "weight"):
         _need(edges, col, col, "graph")
+    if artifact.data.get("empty") or edges.height == 0:
+        return empty_chart(artifact.data.get("empty") or "The graph has no edges, so there is nothing to draw.",
+                           title or hints.get("title"))
     node_tips = _tooltips(nodes)
     if "index" not in nodes.columns:
         # Without an explicit index, stack the nodes of each layer in table order.

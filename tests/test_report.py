@@ -6,16 +6,16 @@ printed, only when no chromium binary exists (the Makefile installs it: apt-get 
 
 from __future__ import annotations
 
+import json
+import os
 import re
-import shutil
-import struct
-import subprocess
-import zlib
+import stat
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+import browser
 from mechstudy.engine.report import MAX_TABLE_ROWS, vega_bundle, write_report
 from mechstudy.engine.spec import Artifact
 from mechstudy.stdlib import charts
@@ -69,26 +69,8 @@ def report(tmp_path_factory) -> Path:
                         summary={"study": "demo.study", "device": "cpu"})
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if found := shutil.which(name):
-            return found
-    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-
-
-def _run_chromium(report: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
-    exe = _chromium()
-    if exe is None:
-        reason = "no chromium binary found (install it: apt-get install -y chromium)"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-extensions", "--disable-default-apps", "--mute-audio",
-           # Every host name fails to resolve: a report that needed the network would break here.
-           "--host-resolver-rules=MAP * ~NOTFOUND",
-           f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=5000", *extra, report.as_uri()]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+def _run_chromium(report: Path, tmp: Path, *extra: str):
+    return browser.run(report, tmp, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +120,7 @@ def test_report_tables_plan_lock_and_escaping(report):
     assert ">49<" in big and ">50<" not in big
     assert "big &lt;table&gt;" in text and "big <table>" not in text
     assert "12 rows" in text and "10 rows" in text
-    assert "2 nodes \u00b7 1 hits \u00b7 1 misses \u00b7 1.25 s" in text
+    assert "2 nodes \u00b7 1 hits \u00b7 1 misses \u00b7 1.25 s operator time" in text
     assert text.count(">hit</span>") == 1 and text.count(">miss</span>") == 1
     assert 'title="a3f9c2d1e0b4a5968776655443322110">a3f9c2d1e0b4a596<' in text
     assert "<details><summary>Lock file</summary>" in text and "[nodes]" in text
@@ -201,42 +183,6 @@ def test_graph_renders_nodes_and_weighted_edges(dom):
     assert nodes == sorted(NODES["node"])
 
 
-def _png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
-    """Decode an 8-bit, non-interlaced RGB/RGBA PNG (what chromium writes) into rows."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, hdr = 8, b"", None
-    while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + n]
-        if kind == b"IHDR":
-            hdr = struct.unpack(">IIBBBBB", chunk)
-        elif kind == b"IDAT":
-            idat += chunk
-        pos += 12 + n
-    w, h, depth, ctype, _, _, interlace = hdr
-    assert depth == 8 and ctype in (2, 6) and interlace == 0
-    bpp = 3 if ctype == 2 else 4
-    raw, stride, rows, prev = zlib.decompress(idat), w * bpp, [], bytearray(w * bpp)
-    for y in range(h):
-        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for x in range(stride):
-            a = line[x - bpp] if x >= bpp else 0
-            b, c = prev[x], prev[x - bpp] if x >= bpp else 0
-            if f == 1:
-                line[x] = (line[x] + a) & 255
-            elif f == 2:
-                line[x] = (line[x] + b) & 255
-            elif f == 3:
-                line[x] = (line[x] + (a + b) // 2) & 255
-            elif f == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        rows.append(bytes(line))
-        prev = line
-    return w, bpp, rows
-
-
 def test_screenshot_shows_the_charts(report, tmp_path):
     """The charts are painted, not only present in the DOM: look for their colours by region."""
     shot = tmp_path / "report.png"
@@ -244,7 +190,7 @@ def test_screenshot_shows_the_charts(report, tmp_path):
     res = _run_chromium(report, tmp_path, "--hide-scrollbars", "--force-device-scale-factor=0.5",
                         "--window-size=1000,2400", f"--screenshot={shot}")
     assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
-    w, bpp, rows = _png_pixels(shot.read_bytes())
+    w, _, bpp, rows = browser.png_decode(shot.read_bytes())
     assert (w, len(rows)) == (500, 1200)
 
     def count(y0: int, y1: int, test) -> int:  # pixels in rows y0..y1 for which test(r, g, b)
@@ -262,3 +208,53 @@ def test_screenshot_shows_the_charts(report, tmp_path):
 
     assert count(0, len(rows), dark_red) > 300 and count(0, len(rows), dark_blue) > 300
     assert count(0, len(rows), orange) > 50
+
+
+# ---------------------------------------------------------------------------- headline, notes, mode
+
+
+def test_report_is_readable_by_others(report):
+    mode = stat.S_IMODE(report.stat().st_mode)
+    assert mode == 0o666 & ~_umask() and mode & stat.S_IROTH
+
+
+def _umask() -> int:
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def test_headline_empty_and_clipping_notes_are_shown(tmp_path):
+    clipped = charts.render_heatmap(Artifact(tables={"result": HEAT_TABLE}, data={"chart": {"domain": [-1, 1]}}), "c")
+    empty = charts.render_graph(Artifact(tables={"nodes": NODES.head(0), "edges": EDGES.head(0)},
+                                         data={"empty": "ACDC pruned every edge at threshold 100."}), None)
+    secs = [
+        {"name": "versus", "statement": "versus = compare a with b", "vega_lite": None, "table": None,
+         "status": "computed", "seconds": 0.1,
+         "headline": [{"label": "Spearman \u03c1", "value": "0.912", "detail": "rank correlation"}]},
+        {"name": "circuit", "statement": "circuit = discover circuit ...", "vega_lite": empty, "table": EDGES.head(0),
+         "status": "computed", "seconds": 0.1, "empty": None},
+        {"name": "clip", "statement": "clip = ...", "vega_lite": clipped, "table": None, "status": "cached", "seconds": 0},
+    ]
+    text = write_report(tmp_path / "r.html", title="t", sections=secs, plan_rows=PLAN).read_text()
+    assert "<dt>Spearman \u03c1</dt><dd>0.912<small>rank correlation</small></dd>" in text
+    # The empty chart is not drawn: its reason is shown instead, and the TOC says "empty".
+    assert "Nothing to draw.</strong>ACDC pruned every edge at threshold 100." in text
+    specs = json.loads(re.search(r'id="mechstudy-specs">(.*?)</script>', text).group(1).replace("\\u003c", "<"))
+    assert len(specs) == 1 and 'id="chart-1"' not in text
+    # HEAT spans -2..2 on a fixed -1..1 scale: the 4 cells beyond it are counted and outlined.
+    assert "Clipped: 4 cells beyond the fixed colour scale [-1, 1] (data -2 to 2)" in text
+    ring = clipped["layer"][1]
+    assert ring["mark"]["stroke"] and ring["transform"][0]["filter"] == 'datum["effect"] < -1.0 || datum["effect"] > 1.0'
+
+
+def test_header_and_plan_timings_agree(tmp_path):
+    rows = [{"key": "a" * 32, "op": "patch", "label": "x", "status": "computed", "seconds": 1.5},
+            {"key": "b" * 32, "op": "patch", "label": "y", "status": "computed", "seconds": 2.0},
+            {"key": "c" * 32, "op": "model", "label": "m", "status": "cached", "seconds": 0.0, "computed_seconds": 9.0}]
+    text = write_report(tmp_path / "r.html", title="t", sections=[], plan_rows=rows,
+                        run={"seconds": 2.5}).read_text()
+    assert "3 nodes \u00b7 1 hits \u00b7 2 misses \u00b7 3.50 s operator time" in text
+    assert "2 computed in this run, 1 from the cache (3 in the plan)" in text
+    assert "2.5 s wall-clock" in text and "3.50 s inside operators" in text and "parallel threads" in text
+    assert "(9.00 s)" in text  # a cache hit shows what it cost when it was computed

@@ -163,5 +163,8 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
         tables={"result": pl.DataFrame(cols)},
         data={"component": component, "site": kind, "direction": direction, "metric": grad_art.data.get("metric"),
               "positions": positions, "axes": axes, "shape": shape, "clean_mean": clean_mean,
-              "corrupted_mean": corr_mean, "method": "attribution patching", "chart": chart},
+              "corrupted_mean": corr_mean, "method": "attribution patching", "chart": chart,
+              "headline": [{"label": "metric, clean", "value": clean_mean}, {"label": "metric, corrupted",
+                           "value": corr_mean, "detail": "effect: the first-order estimate, normalised the same way"},
+                           {"label": "direction", "value": direction}]},
     )

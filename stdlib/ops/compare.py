@@ -99,5 +99,10 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
         hints["color"] = "layer"
     return Artifact(
         tables={"result": joined, "summary": pl.DataFrame({k2: [v] for k2, v in summary.items()})},
-        data={**summary, "keys": keys, "labels": labels, "values": [va, vb], "chart": hints},
+        data={**summary, "keys": keys, "labels": labels, "values": [va, vb], "chart": hints,
+              "headline": [{"label": "Spearman \u03c1", "value": summary["spearman"], "detail": "rank correlation"},
+                           {"label": "Pearson r", "value": summary["pearson"]},
+                           {"label": f"top-{k} overlap", "value": summary[f"top{k}_overlap"],
+                            "detail": f"share of the {k} largest |{labels[0]}| among the {k} largest |{labels[1]}|"},
+                           {"label": "units joined", "value": joined.height}]},
     )

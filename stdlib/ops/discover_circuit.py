@@ -157,5 +157,13 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
         tensors={"circuit_metric": values(task, final).float()},
         tables={"result": result, "nodes": nodes, "edges": edges,
                 "summary": pl.DataFrame({k: [v] for k, v in summary.items() if "metric" not in k})},
-        data={**summary, "method": "ACDC"},
+        data={**summary, "method": "ACDC",
+              "headline": [{"label": "edges kept", "value": f"{len(kept)} of {n_edges}",
+                            "detail": f"{nodes.height} nodes; threshold {threshold:g}"},
+                           {"label": f"faithfulness ({task})", "value": faith,
+                            "detail": f"circuit {ld['circuit']:.3g} / full model {ld['full']:.3g}"},
+                           {"label": "KL(full \u2016 circuit)", "value": kl_circuit}],
+              **({"empty": f"ACDC pruned every edge: at threshold {threshold:g} removing any single edge raised "
+                           f"the damage ({metric}) by less than the threshold. Try a smaller threshold."}
+                 if not kept else {})},
     )

@@ -65,5 +65,9 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
         tensors={"clean": clean.float(), "corrupted": corrupted.float()},
         tables={"result": summary, "per_prompt": per_prompt},
         data={"metric": metric, "clean_mean": clean.mean().item(), "corrupted_mean": corrupted.mean().item(),
-              "chart": {"x": "run", "y": "mean"}},
+              "chart": {"x": "run", "y": "mean"},
+              "headline": [{"label": f"{metric}, clean", "value": clean.mean().item(),
+                            "detail": f"\u00b1 {summary['std'][0]:.3g} (std over {pairs.n} prompts)"},
+                           {"label": f"{metric}, corrupted", "value": corrupted.mean().item(),
+                            "detail": f"\u00b1 {summary['std'][1]:.3g}"}]},
     )

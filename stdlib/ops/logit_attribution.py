@@ -138,5 +138,8 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
         tables={"result": result, "components": components},
         data={"run": which, "logit_diff_mean": ld.mean().item(), "sum_of_terms_mean": total.mean().item(),
               "max_abs_gap": (total - ld).abs().max().item(), "terms": names, "approximation": APPROXIMATION,
-              "method": "direct logit attribution"},
+              "method": "direct logit attribution",
+              "headline": [{"label": "logit difference", "value": ld.mean().item(), "detail": f"{which} prompts"},
+                           {"label": "sum of the terms", "value": total.mean().item(),
+                            "detail": f"largest gap {(total - ld).abs().max().item():.2g}"}]},
     )

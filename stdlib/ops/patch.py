@@ -162,5 +162,8 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
         tables={"result": pl.DataFrame(cols)},
         data={"component": word, "site": iv.component(word).kind, "direction": direction, "metric": metric,
               "positions": positions, "axes": g.axes, "shape": shape,
-              "clean_mean": clean_mean, "corrupted_mean": corr_mean, "chart": iv.chart_hints(g)},
+              "clean_mean": clean_mean, "corrupted_mean": corr_mean, "chart": iv.chart_hints(g),
+              "headline": [{"label": f"{metric}, clean", "value": clean_mean},
+                           {"label": f"{metric}, corrupted", "value": corr_mean,
+                            "detail": "effect = (patched - corrupted) / (clean - corrupted)"}, {"label": "direction", "value": direction}],},
     )
