@@ -5,11 +5,16 @@
     study explain STUDY          the plan as stable text, cached/missing per node
     study why STUDY NAME         why NAME will (or won't) come from the cache
     study show STUDY NAME [--format table|csv|json]
+    study export STUDY NAME [--format png|svg|pdf]   a result's charts as image files
     study ops                    the operator reference, generated from the specs
+    study datasets               the dataset generators, their options and examples
     study models                 the zoo
+    study fmt FILE... [--check]  the canonical layout of study files, comments kept
+    study new [TECHNIQUE]        a commented starter study that runs on the zoo's mini
     study pack | unpack | verify sharing: see engine/pack.py
 
-A mistake in a study file prints our error and exits 1; it never shows a Python traceback.
+`study VERB --help` describes each verb. A mistake in a study file prints our error and exits 1;
+it never shows a Python traceback. Exit codes: see EXIT_CODES.
 """
 
 from __future__ import annotations
@@ -21,12 +26,27 @@ from pathlib import Path
 from typing import Sequence
 
 
+# What `study` exits with (also printed by `study --help`).
+EXIT_CODES = {
+    0: "success (for `fmt --check`: every file is already formatted)",
+    1: "an error in a study (file:line:col), a failing operator, a result not computed yet, a "
+       "verification that differs, or `fmt --check` found a file to reformat",
+    2: "the command line itself is wrong (unknown verb or option)",
+    130: "interrupted (Ctrl-C or SIGTERM); the cache is consistent and a rerun resumes",
+}
+
+
+def _epilog() -> str:
+    return "exit codes:\n" + "\n".join(f"  {k:<4} {v}" for k, v in EXIT_CODES.items())
+
+
 def _cache_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="store directory (default: $MECHSTUDY_CACHE, then ./cache)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="study", description="Declarative, cached interpretability studies.")
+    ap = argparse.ArgumentParser(prog="study", description="Declarative, cached interpretability studies.",
+                                 epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="run a study: compute what is missing, write the report and lock")
     p.add_argument("study")
@@ -75,8 +95,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
     p.add_argument("-o", "--out", default=None, help="directory (default out/<study>)")
     p.add_argument("--scale", type=float, default=2.0, help="PNG pixels per chart pixel")
-    sub.add_parser("ops", help="the operator reference")
+    sub.add_parser("ops", help="the operator reference", description="Every operator (statement verb): "
+                   "its components, options with defaults, and an example; generated from the specs.")
+    sub.add_parser("datasets", help="the dataset generators", description="Every dataset generator: what it "
+                   "makes, its options with defaults, and an example; generated from the specs.")
     sub.add_parser("models", help="the zoo: embedded models and their measured behaviours")
+    p = sub.add_parser("fmt", help="format study files (canonical layout, comments kept)",
+                       description="Rewrite study files in the canonical layout (spacing, aligned `=` and "
+                       "trailing comments); only whitespace changes. A file with a syntax error is reported "
+                       "and left alone.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would be reformatted")
+    p.add_argument("--diff", action="store_true", help="print what would change, change nothing")
+    from mechstudy.engine.starters import DEFAULT, STARTERS
+
+    p = sub.add_parser("new", help="print (or write) a commented starter study",
+                       description="A commented starter study that runs on the zoo's mini as written. "
+                       "Techniques: " + ", ".join(STARTERS) + f" (default {DEFAULT}).")
+    p.add_argument("technique", nargs="?", default=DEFAULT, choices=sorted(STARTERS), metavar="TECHNIQUE",
+                   help="one of " + ", ".join(sorted(STARTERS)))
+    p.add_argument("-o", "--output", default=None, help="write it to this file (refuses to overwrite one)")
+    for name, sp in sub.choices.items():  # every verb's --help has a description
+        if not sp.description:
+            sp.description = next(a.help for a in sub._choices_actions if a.dest == name)
+        sp.epilog = "exit codes: 0 success, 1 error (see the message), 2 bad command line, 130 interrupted"
     return ap
 
 
@@ -164,6 +206,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops_reference())
         return 0
 
+    if args.cmd == "datasets":
+        from mechstudy.engine.docs import datasets_reference
+
+        runmod.load_stdlib()
+        print(datasets_reference())
+        return 0
+
+    if args.cmd == "fmt":
+        return _fmt(args)
+
+    if args.cmd == "new":
+        return _new(args)
+
     if args.cmd == "models":
         from mechstudy.engine.docs import models_listing
 
@@ -242,6 +297,54 @@ def _pack_cmds(args: argparse.Namespace) -> int:
     bad = [ln for ln in lines if not ln.startswith("ok ")]
     print(f"{len(lines) - len(bad)} ok, {len(bad)} differ or missing")
     return 1 if bad else 0
+
+
+def _fmt(args: argparse.Namespace) -> int:
+    import difflib
+
+    from mechstudy.engine.fmt import format_text
+    from mechstudy.lang.errors import StudyErrors
+
+    bad = changed = 0
+    for name in args.files:
+        text = Path(name).read_text(encoding="utf-8")
+        try:
+            new = format_text(text, name)
+        except StudyErrors as e:
+            print(e.render(), file=sys.stderr)
+            bad += 1
+            continue
+        if new == text:
+            continue
+        changed += 1
+        if args.diff:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), name, name))
+        elif args.check:
+            print(f"{name}: would be reformatted")
+        else:
+            Path(name).write_text(new, encoding="utf-8")
+            print(f"{name}: reformatted")
+    if args.check or args.diff:
+        n = len(args.files) - bad
+        print(f"{changed} of {n} file{'s' if n != 1 else ''} would be reformatted", file=sys.stderr)
+        return 1 if changed or bad else 0
+    return 1 if bad else 0
+
+
+def _new(args: argparse.Namespace) -> int:
+    from mechstudy.engine.starters import starter
+
+    if args.output is None:
+        sys.stdout.write(starter(args.technique))
+        return 0
+    out = Path(args.output)
+    if out.exists():
+        print(f"error: {out} exists; choose another name (study new never overwrites)", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(starter(args.technique, str(out)), encoding="utf-8")
+    print(f"wrote {out}; run it with: study run {out}")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

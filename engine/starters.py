@@ -117,6 +117,9 @@ def starter(technique: str | None = None, file: str = "mine.study") -> str:
     >>> starter("attribution").count("versus = compare atp with heads")
     1
     """
+    from mechstudy.engine.fmt import format_text
+
     s = STARTERS[technique or DEFAULT]
     stem = file.rsplit("/", 1)[-1].removesuffix(".study")
-    return _HEAD.format(file=file, stem=stem, **{k: v for k, v in s.items() if k != "body"}) + "\n" + s["body"]
+    text = _HEAD.format(file=file, stem=stem, **{k: v for k, v in s.items() if k != "body"}) + "\n" + s["body"]
+    return format_text(text)  # what `study fmt` would make of it
