@@ -1,6 +1,6 @@
 """The `study` command.
 
-    study run STUDY [--cache DIR] [--device cpu|cuda] [--workers N | --scheduler tcp://H:P]
+    study run STUDY [--cache DIR] [--device cpu|cuda] [--workers N | --scheduler tcp://H:P] [--quiet | --json]
     study check STUDY...         errors as file:line:col with a caret, nothing computed
     study explain STUDY          the plan as stable text, cached/missing per node
     study why STUDY NAME         why NAME will (or won't) come from the cache
@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report directory (default out/<study>)")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks of failing operators")
     p.add_argument("--from", dest="from_pack", default=None, help="import this pack's results first")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", "-q", action="store_true", help="print nothing but warnings and errors")
+    shown.add_argument("--json", action="store_true",
+                       help="print one JSON event per line (start, node, progress, warning, finish) and nothing else")
     p = sub.add_parser("check", help="check studies without computing anything")
     p.add_argument("study", nargs="+")
     p = sub.add_parser("explain", help="print the plan")
@@ -245,16 +249,19 @@ def _run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _on_term)
+    from mechstudy.engine.progress import display_for
+
     try:
-        res = run_study(
-            args.study,
-            cache=args.cache,
-            device=device,
-            scheduler=scheduler,
-            max_rows=args.max_rows,
-            out_dir=args.out,
-            log=lambda s: print(s, file=sys.stderr),
-        )
+        with display_for("json" if args.json else "quiet" if args.quiet else "auto") as show:
+            res = run_study(
+                args.study,
+                cache=args.cache,
+                device=device,
+                scheduler=scheduler,
+                max_rows=args.max_rows,
+                out_dir=args.out,
+                events=show,
+            )
     except OpFailed as e:
         print(f"error: operator {e.node.op} failed ({e.node.dask_key}): {e}", file=sys.stderr)
         if args.debug:
@@ -262,6 +269,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print("  (rerun with --debug for the traceback; finished nodes are cached)", file=sys.stderr)
         return 1
+    if args.json or args.quiet:
+        return 0  # --json: the finish event has the summary and the report's path
     if res.report:
         print(f"report: {res.report}")
     print(res.summary())

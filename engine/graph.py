@@ -156,6 +156,7 @@ def run_nodes(
     scheduler: str | None = None,
     warn: Callable[[str], None] = print,
     progress: Callable[[Outcome, int, int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> dict[str, Outcome]:
     """Run what is needed to have every root in the store. Returns outcomes by node key.
 
@@ -166,6 +167,8 @@ def run_nodes(
     nodes = needed(roots, store, warn)
     graph = to_dask(nodes, str(store.root.resolve()), device, max_rows)
     keys = [n.dask_key for n in nodes]
+    if on_start is not None:
+        on_start(len(keys))  # how many tasks will report: the progress display's total
     if not keys:
         return {}
     if scheduler is None:

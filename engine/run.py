@@ -65,8 +65,15 @@ def run_study(
     out_dir: str | Path | None = None,
     report: bool = True,
     log: Callable[[str], None] = lambda s: None,
+    events: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
+    """Check, plan and run a study; write its lock and (unless report=False) its report.
+
+    `log` gets a line per computed node and per warning; `events` gets the structured events
+    of engine/progress.py (start, node, warning, finish), which the CLI's displays show."""
     from mechstudy.engine.context import auto_device
+
+    emit = events or (lambda e: None)
 
     t0 = time.perf_counter()
     plan = check_and_plan(path)
@@ -77,14 +84,20 @@ def run_study(
     def warn(msg: str) -> None:
         warnings.append(msg)
         log(f"warning: {msg}")
+        emit({"event": "warning", "message": msg})
 
     def progress(o: Outcome, done: int, total: int) -> None:
         if o.status == "computed":
             log(f"  [{done}/{total}] {o.op}-{o.key[:16]} computed in {o.seconds:.2f} s")
+        emit({"event": "node", "key": o.key, "op": o.op, "status": o.status, "seconds": round(o.seconds, 4),
+              "done": done, "total": total})
+
+    def start(tasks: int) -> None:
+        emit({"event": "start", "study": str(path), "nodes": len(plan.nodes()), "tasks": tasks})
 
     outcomes = run_nodes(
         plan.roots(), store, device=device or auto_device(), max_rows=max_rows, scheduler=scheduler, warn=warn,
-        progress=progress,
+        progress=progress, on_start=start,
     )
     res = RunResult(plan, outcomes, 0.0, warnings=warnings)
     res.lock = write_lock(plan, Path(str(path) + ".lock"))
@@ -97,6 +110,8 @@ def run_study(
         out = Path(out_dir) if out_dir else Path("out") / Path(path).stem
         info = {"study": str(path), "seconds": res.seconds, "device": device or auto_device(), "cache": str(store.root)}
         res.report = build_report(plan, store, outcomes, out / "report.html", res.lock, info)
+    emit({"event": "finish", "computed": res.computed, "cached": res.from_cache, "seconds": round(res.seconds, 3),
+          "report": str(res.report) if res.report else None})
     return res
 
 

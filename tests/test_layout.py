@@ -4,7 +4,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOP = {"lang": "mechstudy.lang", "engine": "mechstudy.engine", "stdlib": "mechstudy.stdlib"}
+TOP = {"mechstudy": "mechstudy", "lang": "mechstudy.lang", "engine": "mechstudy.engine", "stdlib": "mechstudy.stdlib"}
 
 
 def test_every_package_folder_is_listed():
