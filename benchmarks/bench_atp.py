@@ -37,7 +37,7 @@ from mechstudy.stdlib.models.tiny import make_tiny_gpt2
 
 
 def _load_ops() -> None:
-    import mechstudy.stdlib.models.sources  # noqa: F401  (HOOKS["load_model"])
+    import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
     import mechstudy.stdlib.ops.attribute  # noqa: F401
     import mechstudy.stdlib.ops.capture  # noqa: F401
     import mechstudy.stdlib.ops.gradient  # noqa: F401
@@ -66,7 +66,7 @@ def atp(io: dict, ctx: Context) -> Artifact:
 def patching(io: dict, ctx: Context) -> Artifact:
     params = {"component": "heads", "layers": "all", "positions": "all", "metric": "logit_diff",
               "direction": "denoising"}
-    return spec.OPS["patch"].run(io, params, ctx)
+    return spec.OPS["patch"].execute(io, params, ctx)
 
 
 def loop(adapter, pairs: Pairs, ctx: Context) -> torch.Tensor:

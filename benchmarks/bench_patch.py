@@ -30,7 +30,7 @@ from mechstudy.stdlib.models.batching import capture_all
 from mechstudy.stdlib.models.sites import Site
 from mechstudy.stdlib.models.tiny import make_tiny_gpt2
 from mechstudy.stdlib.ops.evaluate import baselines
-from mechstudy.stdlib.ops.patch import sweep, variants
+from mechstudy.stdlib import interventions as iv
 
 
 def _sync(device: str) -> None:
@@ -106,13 +106,12 @@ def main(argv: list[str] | None = None) -> dict:
         source = capture_all(adapter, pairs.clean_ids, pairs.attention_mask, adapter.sites("z"), args.max_rows)
         source = {s.layer: a for s, a in source.items()}
         clean_logits, _ = baselines(adapter, pairs, args.max_rows)
-        vl, vh, vp, _, shape = variants("heads", "all", "all", adapter.n_layers, adapter.n_heads,
-                                        pairs.clean_ids.shape[1])
+        g = iv.grid("heads", "all", "all", adapter.n_layers, list(range(adapter.n_heads)), pairs.clean_ids.shape[1])
         ways = {
             "loop, full logits": lambda: loop(adapter, pairs, source, clean_logits, answer_only=False),
             "loop, answer logits": lambda: loop(adapter, pairs, source, clean_logits, answer_only=True),
-            "batched": lambda: sweep(adapter, pairs, source, "z", vl, vh, vp, "logit_diff", "corrupted",
-                                     clean_logits, args.max_rows),
+            "batched": lambda: iv.sweep(adapter, pairs, "z", source, g, "logit_diff", "corrupted",
+                                        clean_logits, args.max_rows),
         }
         if bridge is not None:
             ways["TransformerLens loop"] = lambda: tl_loop(bridge, pairs, source, clean_logits)

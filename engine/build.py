@@ -73,16 +73,12 @@ class Builder:
         self._nodes: dict[str, Node] = {}
 
     def node(self, op: str, params: Mapping[str, Any], inputs: Mapping[str, Node] | None = None) -> Node:
-        n = make_node(op, params, inputs or {})
+        """One node of `op`. Node-valued params become inputs of that name (so a plan hook can pass
+        a statement's params straight through); the spec decides which of the rest are keyed."""
+        inputs = {**{k: v for k, v in params.items() if isinstance(v, Node)}, **(inputs or {})}
+        plain = {k: v for k, v in params.items() if not isinstance(v, Node)}
+        n = make_node(op, plain, inputs)
         return self._nodes.setdefault(n.key, n)
-
-    def default(self, op: str, params: Mapping[str, Any]) -> Node:
-        """One node of `op`: Node-valued params become inputs, the rest keyed params."""
-        s = spec.OPS[op]
-        keyed = {p.name for p in s.params if p.keyed}
-        plain = {k: v for k, v in params.items() if not isinstance(v, Node) and k in keyed}
-        inputs = {k: v for k, v in params.items() if isinstance(v, Node)}
-        return self.node(op, plain, inputs)
 
 
 def build_plan(study: ResolvedStudy) -> Plan:
@@ -109,9 +105,8 @@ def build_plan(study: ResolvedStudy) -> Plan:
         ds = spec.DATASETS[d.generator]
         model = d.model or model
         if ds.needs_model and model is None:
-            if len(models) != 1:
-                raise ValueError(f"dataset {name} needs a model's tokenizer; say which with model=NAME")
-            model = next(iter(models))
+            # The checker refused every statement for which this is ambiguous (lang.statement).
+            (model,) = models
         inputs = {"model": models[model]} if ds.needs_model else {}
         node = b.node(
             "dataset",
@@ -128,7 +123,7 @@ def build_plan(study: ResolvedStudy) -> Plan:
         for point in call.points:
             model_name = next((v.name for _, v in point if isinstance(v, Ref) and v.kind == "model"), None)
             params = {k: _deref(v, models, dataset_node, model_name, results) for k, v in point}
-            node = s.plan(params, b) if s.plan else b.default(call.op, params)
+            node = s.plan(s.complete(params), b) if s.plan else b.node(call.op, params)
             nodes.append(node)
             points.append(dict(point))
         res = Result(call.name, call, nodes, points, span=call.span)

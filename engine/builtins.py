@@ -15,7 +15,7 @@ def run_model(inputs: dict, params: dict, ctx: Any) -> Artifact:
     Weights are loaded by the ops that use them (`ctx.model(...)`), once per process."""
     src = spec.MODEL_SOURCES[params["source"]]
     info = src.describe(params["ref"], params["options"])
-    return Artifact(data={**params, "path": src.locate(params["ref"], params["options"]), "info": info.__dict__})
+    return Artifact(data={**params, "path": src.locate(params["ref"], params["options"]), "info": info.as_dict()})
 
 
 @spec.operator("dataset", version=1, params=[Param("generator", str), Param("generator_version", int),

@@ -43,12 +43,12 @@ class Context:
 
     def model(self, model_artifact: Artifact) -> Any:
         """The loaded model adapter for a `model` node's artifact; loaded once per process
-        and device. `spec.HOOKS["load_model"](data, device)` is provided by the stdlib."""
+        and device by its source's `ModelSource.load`."""
         data = model_artifact.data
         memo_key = (data["fingerprint"] + repr(sorted(data.get("options", {}).items())), self.device)
         with _MODEL_MEMO_LOCK:
             m = _MODEL_MEMO.get(memo_key)
             if m is None:
-                m = spec.HOOKS["load_model"](data, self.device)
+                m = spec.MODEL_SOURCES[data["source"]].load(data, self.device)
                 _MODEL_MEMO[memo_key] = m
         return m

@@ -35,6 +35,8 @@ def ops_reference() -> str:
             out.append("  " + s.doc.splitlines()[0])
         if s.example:
             out.append("  example: " + s.example.strip().replace("\n", "\n           "))
+        if s.model_features:
+            out.append("  needs a model with: " + "; ".join(spec.FEATURES.get(f, f) for f in sorted(s.model_features)))
         out.extend(_param_line(p) for p in s.params)
         out.append("")
     out.append("Datasets: " + ", ".join(sorted(spec.DATASETS)))

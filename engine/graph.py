@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dask._task_spec import Task, TaskRef
+from dask.task_spec import Task, TaskRef
 
 from mechstudy.engine import spec
 from mechstudy.engine.context import Context
@@ -77,13 +77,15 @@ def execute_node(node: Node, module: str, store_root: str, device: str, max_rows
         s = spec.OPS[node.op]
         inputs = {name: store.get(child.key) for name, child in node.inputs}
         ctx = Context(device=device, max_rows=max_rows)
+        # Every declared parameter reaches run, keyed (params) or not (settings), defaults filled in.
+        params = {**dict(node.settings), **dict(node.params)}
         t0 = time.perf_counter()
         try:
             if s.uses_model:
                 with _device_lock(device):
-                    art = s.run(inputs, dict(node.params), ctx)
+                    art = s.execute(inputs, params, ctx)
             else:
-                art = s.run(inputs, dict(node.params), ctx)
+                art = s.execute(inputs, params, ctx)
         except Exception as e:  # noqa: BLE001 - re-raised with the node attached
             raise OpFailed(node, f"{type(e).__name__}: {e}", traceback.format_exc()) from e
         seconds = time.perf_counter() - t0

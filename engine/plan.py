@@ -48,12 +48,18 @@ def hash_text(text: str) -> str:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Node:
-    """One unit of cached work. Equality and hashing go by key."""
+    """One unit of cached work. Equality and hashing go by key.
+
+    `params` are the keyed parameters (defaults spelled out), `settings` the values of non-keyed
+    ones (execution details that cannot change numbers): they reach the operator's `run` but not
+    the key, so two nodes differing only in settings are the same node.
+    """
 
     op: str
     version: int
     params: tuple[tuple[str, Any], ...]
     inputs: tuple[tuple[str, "Node"], ...]
+    settings: tuple[tuple[str, Any], ...] = ()
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,10 +82,6 @@ class Node:
         """Legible in progress bars and dashboards: "patch-7c1e0d9a4b2f3e11"."""
         return f"{self.op}-{self.key[:16]}"
 
-    @property
-    def short(self) -> str:
-        return self.key[:8]
-
     def param(self, name: str, default: Any = None) -> Any:
         return dict(self.params).get(name, default)
 
@@ -88,17 +90,24 @@ class Node:
 
 
 def make_node(op: str, params: Mapping[str, Any], inputs: Mapping[str, Node], version: int | None = None) -> Node:
-    """Build a node of a registered op; params are canonicalised (so lists == tuples)."""
+    """Build a node of a registered op; params are canonicalised (so lists == tuples).
+
+    Each param goes where its spec says: keyed ones (and params a plan hook derives, which the
+    spec does not declare) into the key, non-keyed ones into `settings`.
+    """
     s = spec.OPS[op]
     if version is None:
         version = s.version
+    unkeyed = {p.name for p in s.params if not p.keyed}
     # Defaults are part of the key: a node built without a defaulted param must equal one
     # built with it spelled out, and changing a default must change the key.
-    params = {**{p.name: p.default for p in s.params if not p.required and p.keyed}, **params}
+    keyed = {**{p.name: p.default for p in s.params if not p.required and p.keyed},
+             **{k: v for k, v in params.items() if k not in unkeyed}}
     # Values are stored in canonical form (lists, not tuples; dicts with sorted keys), so
     # run() sees exactly what was keyed. Node hashing goes by key, so they need not be hashable.
-    items = tuple(sorted((k, canonical(v)) for k, v in params.items()))
-    return Node(op, version, items, tuple(sorted(inputs.items())))
+    items = tuple(sorted((k, canonical(v)) for k, v in keyed.items()))
+    settings = tuple(sorted((k, canonical(v)) for k, v in params.items() if k in unkeyed))
+    return Node(op, version, items, tuple(sorted(inputs.items())), settings)
 
 
 def walk(roots: list[Node]) -> Iterator[Node]:

@@ -27,12 +27,9 @@ bare word ``w``    the param whose     ``noising`` -> ``direction="noising"``
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
-
-SPEC_API_VERSION = 1
 
 
 class _Required:
@@ -64,7 +61,10 @@ class Param:
         choices: allowed values for a str parameter (also how bare-word flags are matched).
         keyed: whether it is part of the node key. True for anything that can change numbers
             (dtype, seed, padding side ...); False only for execution details (chunk size,
-            progress, log level). Decide explicitly for each parameter.
+            progress, log level). Decide explicitly for each parameter. Keyed or not, `run`
+            receives every declared parameter with its default filled in: keying is a
+            separate question from delivery. Changing what a key holds means bumping the
+            operator's version.
         sweepable: a list or range value makes a sweep: one node per point.
         doc: one line.
     """
@@ -118,6 +118,7 @@ class OpSpec:
     uses_model: bool = False  # model-bound nodes are serialised per device
     default_chart: str | None = None
     requires: frozenset[str] = frozenset()  # dataset capabilities it needs (e.g. {"labels"})
+    model_features: frozenset[str] = frozenset()  # model features it needs (keys of FEATURES)
     doc: str = ""
     example: str | None = None  # a runnable statement, checked by tests
     module: str = ""
@@ -128,17 +129,68 @@ class OpSpec:
                 return p
         return None
 
+    def complete(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`params` with every declared parameter's default filled in (what `run` receives).
+
+        >>> spec = OpSpec("demo", 1, (Param("a", int), Param("b", int, 2)), run=lambda *a: None)
+        >>> spec.complete({"a": 1})
+        {'b': 2, 'a': 1}
+        """
+        return {**{p.name: p.default for p in self.params if not p.required}, **params}
+
+    def execute(self, inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: Any) -> Artifact:
+        """`run` with every default filled in: how the engine (and a test) calls an operator."""
+        return self.run(dict(inputs), self.complete(params), ctx)
+
+
+# Model features an operator may need (OpSpec.model_features); the checker refuses a statement on
+# a model without one, with these words as the reason.
+FEATURES: dict[str, str] = {
+    "causal": "a causal language model (next-token predictions)",
+    "lm_head": "an unembedding (a language-model head that gives logits)",
+    "residual_stream": "a pre-norm residual stream that ends in a final norm and the unembedding "
+                       "(every block adds to it, so the final stream is the sum of every write)",
+}
+
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the checker needs to know about a model before loading its weights."""
+    """What the checker (and every operator) needs to know about a model before loading its weights.
 
-    arch: str  # adapter name: "gpt2", "neox", "llama", "bert", ...
+    d_head defaults to d_model / n_heads and n_kv_heads to n_heads (no grouped-query attention).
+    `features` are keys of FEATURES.
+    """
+
+    arch: str  # architecture table name: "gpt2", "neox", "llama", "bert", ...
     n_layers: int
     n_heads: int
     d_model: int
     d_vocab: int
     n_ctx: int | None = None
+    d_head: int = 0
+    n_kv_heads: int = 0
+    d_mlp: int = 0
+    parallel: bool = False  # attention and MLP read the same input (GPT-NeoX parallel residual)
+    features: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.d_head:
+            object.__setattr__(self, "d_head", self.d_model // self.n_heads)
+        if not self.n_kv_heads:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        object.__setattr__(self, "features", frozenset(self.features))
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """Axis sizes by name (what site shapes are computed from)."""
+        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
+                "d_model": self.d_model, "d_head": self.d_head, "d_mlp": self.d_mlp, "d_vocab": self.d_vocab}
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["features"] = sorted(self.features)
+        return out
 
 
 @dataclass(frozen=True)
@@ -148,11 +200,15 @@ class ModelSource:
     describe(ref, options) -> ModelInfo: cheap (reads config only); raises LookupError with a
         message that says how to get the weights when the model is absent.
     locate(ref, options) -> str: the local directory the weights live in.
+    load(model_data, device) -> the loaded model adapter; `model_data` is a `model` node's
+        artifact data (path, options, fingerprint ...). Called by `Context.model`, once per
+        process and device.
     """
 
     kind: str  # "hf", "zoo"
     describe: Callable[[str, Mapping[str, Any]], ModelInfo]
     locate: Callable[[str, Mapping[str, Any]], str]
+    load: Callable[[Mapping[str, Any], str], Any]
     options: tuple[Param, ...] = ()
     names: Callable[[], list[str]] | None = None  # known refs, for did-you-mean
     doc: str = ""
@@ -209,8 +265,6 @@ MODEL_SOURCES: dict[str, ModelSource] = {}
 DATASETS: dict[str, DatasetSpec] = {}
 METRICS: dict[str, MetricSpec] = {}
 CHARTS: dict[str, ChartSpec] = {}
-# Set by the stdlib: load_model(model_artifact, device, dtype) -> adapter object.
-HOOKS: dict[str, Callable[..., Any]] = {}
 
 
 def _register(registry: dict, key: str, value: Any) -> Any:
@@ -309,7 +363,3 @@ def suggest(word: str, candidates: Iterable[str]) -> str | None:
     """
     got = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return got[0] if got else None
-
-
-def replace(obj: Any, **changes: Any) -> Any:
-    return dataclasses.replace(obj, **changes)

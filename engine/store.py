@@ -64,7 +64,6 @@ class Store:
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
         (self.root / "locks").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        self.warnings: list[str] = []
 
     # ---- layout -------------------------------------------------------------------------
     def path(self, key: str) -> Path:

@@ -20,6 +20,7 @@ from mechstudy.lang import ast
 from mechstudy.lang.errors import StudyError, StudyErrors, StudySyntaxError, StudyTypeError, UnknownNameError
 from mechstudy.lang.parser import GRAMMAR_VERSION, parse
 from mechstudy.lang.resolved import Call, DatasetDecl, ModelDecl, Plot, Ref, ResolvedStudy, Span
+from mechstudy.lang.scope import Scope
 from mechstudy.lang.statement import one_of as _one_of
 from mechstudy.lang.statement import resolve_statement
 from mechstudy.lang.values import REF_KINDS, Skip, Sweep, convert, describe, did_you_mean
@@ -56,24 +57,22 @@ def _default_title(path: str) -> str:
 
 class _Checker:
     def __init__(self, study: ast.Study) -> None:
-        self.errors: list[StudyError] = []
+        # The names declared so far, shared with the statement resolver (lang.statement).
+        self.scope = Scope(lookup=self.lookup)
+        self.errors = self.scope.errors
+        self.models, self.datasets, self.results = self.scope.models, self.scope.datasets, self.scope.results
+        self.declared, self.ahead = self.scope.declared, self.scope.ahead
         self.sources: dict[str, str] = {study.path: study.text}
         self.title: str | None = None
         self.version = GRAMMAR_VERSION
         self.header: ast.StudyHeader | None = None
-        # name -> declaration; None marks a declared name whose declaration is broken.
-        self.models: dict[str, ModelDecl | None] = {}
-        self.datasets: dict[str, DatasetDecl | None] = {}
-        self.results: dict[str, Call | None] = {}
-        self.declared: dict[str, tuple[str, Span]] = {}  # one namespace for all three
         self.calls: list[Call] = []
         self.plot_stmts: list[ast.PlotStmt] = []
         self.plot_list: list[Plot] = []
         self.included: set[Path] = set()
-        self.ahead: dict[str, tuple[str, Span]] = {}  # every name a file declares, anywhere in it
 
     def err(self, e: StudyError) -> None:
-        self.errors.append(e)
+        self.scope.err(e)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -313,7 +312,7 @@ class _Checker:
                 self.results[name] = None
         else:
             name, anonymous = f"_L{stmt.span.line}", True
-        call = resolve_statement(self, stmt, name, anonymous)
+        call = resolve_statement(self.scope, stmt, name, anonymous)
         if call is None or not (anonymous or registered):
             return
         if not anonymous:

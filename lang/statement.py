@@ -13,19 +13,17 @@ dataset / result name for an unfilled parameter of that type (`evaluate m on ioi
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mechstudy.engine import spec
 from mechstudy.engine.spec import OpSpec
 from mechstudy.lang import ast
 from mechstudy.lang.errors import StudyError, StudyTypeError, UnknownNameError
 from mechstudy.lang.resolved import Call, Ref, Span
+from mechstudy.lang.scope import Scope
 from mechstudy.lang.values import (
     MAX_SWEEP_POINTS, Skip, Sweep, convert, did_you_mean, layer_indices, position_value,
 )
-
-if TYPE_CHECKING:
-    from mechstudy.lang.check import _Checker
 
 LINKS = {"of": "model", "on": "dataset", "with": "metric", "using": "method"}
 _CLAUSE_FOR = {"model": "`of MODEL`", "dataset": "`on DATASET`", "metric": "`with METRIC`",
@@ -42,7 +40,7 @@ def one_of(names, what: str = "known") -> str | None:
     return f"{what}: " + ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
 
 
-def resolve_statement(c: _Checker, stmt: ast.OpStmt, name: str, anonymous: bool) -> Call | None:
+def resolve_statement(c: Scope, stmt: ast.OpStmt, name: str, anonymous: bool) -> Call | None:
     """The statement's `Call`, or None after reporting its errors to the checker."""
     verbs = spec.verbs()
     verb = stmt.verb.text
@@ -95,7 +93,7 @@ def _pick_op(ops: list[OpSpec], stmt: ast.OpStmt) -> OpSpec:
 class _Mapper:
     """Collects clause values per parameter name, then resolves them."""
 
-    def __init__(self, c: _Checker, op: OpSpec, verb: str) -> None:
+    def __init__(self, c: Scope, op: OpSpec, verb: str) -> None:
         self.c, self.op, self.verb = c, op, verb
         self.given: dict[str, tuple[Any, Span]] = {}  # param -> (AST value / LayerSet / ..., span)
         self.group: dict[str, tuple[Any, Span]] | None = None  # inside `from ...` / `to ...`
@@ -224,6 +222,8 @@ class _Mapper:
         except Skip:
             info, model, ok = None, None, False
             self.ok_model = False
+        if info is not None and not self.check_model(info, model):
+            ok = False
         for p in op.params:
             try:
                 if p.name in ("sender", "receiver") and p.name in self.given:
@@ -272,6 +272,19 @@ class _Mapper:
             if p.name in self.given or p.required:
                 raise Skip()  # unresolved or missing: its own error says so
         return None, None
+
+    def check_model(self, info, model: str) -> bool:
+        """The operator's model features (`OpSpec.model_features`) are the model's."""
+        missing = [f for f in sorted(self.op.model_features) if f not in info.features]
+        if not missing:
+            return True
+        at = next((self.given[p.name][1] for p in self.op.params if p.type == spec.MODEL and p.name in self.given),
+                  self.span)
+        what = "; and ".join(spec.FEATURES.get(f, f) for f in missing)
+        has = ", ".join(spec.FEATURES.get(f, f).split(" (")[0] for f in sorted(info.features)) or "none of these"
+        self.c.err(StudyTypeError(at, f"'{self.verb}' needs {what}; model {model} ({info.arch}) has none",
+                                  f"{info.arch} models have: {has}"))
+        return False
 
     def sites(self, p, node: Any, info, model: str | None) -> Any:
         """A LAYERS or POSITIONS param: from a clause (`in ...`, `at ...`) or an option value."""
@@ -333,6 +346,18 @@ class _Mapper:
         gen = spec.DATASETS.get(decl.generator)
         provides = gen.provides_of(decl.params) if gen else frozenset()
         ok = True
+        has_model = any(p.type == spec.MODEL and values.get(p.name) is not None for p in self.op.params)
+        if gen is not None and gen.needs_model and decl.model is None and not has_model:
+            # The dataset is tokenised by the model that reads it; with no model in the statement or
+            # the declaration, only a study with exactly one model says which.
+            models = [n for n, d in self.c.models.items() if d is not None]
+            if len(models) != 1:
+                at = self.given.get("dataset")
+                self.c.err(StudyTypeError(
+                    at[1] if at else self.span,
+                    f"dataset {decl.name} needs a model's tokenizer, and this statement names no model",
+                    f"add `model=NAME` to its declaration (models: {', '.join(models) or 'none declared'})"))
+                return False
         needs = [(p.name, values[p.name], spec.METRICS[values[p.name]].requires)
                  for p in self.op.params if p.type == spec.METRIC and values.get(p.name) in spec.METRICS]
         if getattr(self.op, "requires", None):

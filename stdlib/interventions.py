@@ -1,24 +1,17 @@
-"""Batched interventions shared by `patch` and `ablate`: the component vocabulary, variant grids,
-and one sweep that writes a per-prompt value into one component per variant.
+"""Batched interventions shared by `patch`, `ablate` and `path_patch`: planning their shared capture
+nodes, reading captures, variant grids, one sweep that writes a per-prompt value into one
+component per variant, and the result table they all report.
 
-A statement's component word names a site kind and what one variant inside a layer is:
-
-=============================  ===========  ========  =================  ===============
-word                           site         variant   default positions  value axis
-=============================  ===========  ========  =================  ===============
-heads                          z            a head    all                [S, H, d_head]
-q, k, v                        q, k, v      a head    all                [S, H, d_head]
-pattern                        pattern      a head    all (query rows)   [H, S, S]
-neurons (``neurons 10..20``)   mlp_post     a neuron  all                [S, d_mlp]
-resid, resid_pre/mid/post      resid_*      the layer each               [S, d_model]
-attn, attn_out                 attn_out     the layer each               [S, d_model]
-mlp, mlp_out                   mlp_out      the layer each               [S, d_model]
-=============================  ===========  ========  =================  ===============
+A statement's component word names a site kind (`sites.component`: heads -> z, neurons ->
+mlp_post, resid -> resid_pre, ...) and the kind's record says everything else: what one variant
+inside a layer is (a head, a key/value head, a neuron, or the whole site), the default positions,
+how a value is written. Nothing here restates the vocabulary.
 
 A pattern cannot be written inside HF's eager attention (no module sees it before it multiplies
-the values), so patching head h's pattern rows to P is done exactly through its output instead:
-z[q, h] = sum_k P[h, q, k] v[k, h], with v the run's own values at that layer, which no edit of the
-same variant changes (everything a variant edits lies at or after its layer's attention).
+the values), so patching head h's pattern rows to P is done exactly through its output instead
+(the kind's `write` is "z"): z[q, h] = sum_k P[h, q, k] v[k, h], with v the run's own values at
+that layer, which no edit of the same variant changes (everything a variant edits lies at or
+after its layer's attention).
 
 Every (variant, prompt) pair is one row; rows go through the model `max_rows` at a time with one
 Edit per layer present in the chunk whose mask picks each row's (position, unit).
@@ -27,69 +20,67 @@ Edit per layer present in the chunk whose mask picks each row's (position, unit)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import polars as pl
 import torch
 
+from mechstudy.engine.spec import Artifact
 from mechstudy.stdlib import metrics
 from mechstudy.stdlib.datasets import Pairs
 from mechstudy.stdlib.models.base import Adapter, Edit
-from mechstudy.stdlib.models.batching import chunks
-from mechstudy.stdlib.models.sites import Site
+from mechstudy.stdlib.models.batching import capture_dataset, chunks
+from mechstudy.stdlib.models.sites import Site, component, default_positions, words  # noqa: F401 (re-exported)
 
 ALL, LAST = -1, -2  # position codes of a variant (>= 0: an absolute position)
 
-
-@dataclass(frozen=True)
-class Component:
-    kind: str  # the site kind the value lives at
-    unit: str | None  # "head" | "neuron" | None (the whole site): one variant per unit
-    positions: str  # default positions: "all" or "each"
+# ---- planning ------------------------------------------------------------------------------
 
 
-COMPONENTS: dict[str, Component] = {
-    "heads": Component("z", "head", "all"),
-    "q": Component("q", "head", "all"),
-    "k": Component("k", "head", "all"),
-    "v": Component("v", "head", "all"),
-    "pattern": Component("pattern", "head", "all"),
-    "neurons": Component("mlp_post", "neuron", "all"),
-    "resid": Component("resid_pre", None, "each"),
-    "resid_pre": Component("resid_pre", None, "each"),
-    "resid_mid": Component("resid_mid", None, "each"),
-    "resid_post": Component("resid_post", None, "each"),
-    "attn": Component("attn_out", None, "each"),
-    "attn_out": Component("attn_out", None, "each"),
-    "mlp": Component("mlp_out", None, "each"),
-    "mlp_out": Component("mlp_out", None, "each"),
-}
-HEAD_KINDS = ("z", "q", "k", "v")
+def plan_captures(b: Any, params: Mapping[str, Any], needs: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+    """The shared `capture` nodes a statement reads: input name -> node, for `needs` mapping input
+    names to (site kind, "clean" | "corrupted"). Every statement that needs the same activations of
+    the same model on the same dataset gets the same node."""
+    m, d = params["model"], params["dataset"]
+    return {name: b.node("capture", {"site": kind, "which": which, "model": m, "dataset": d})
+            for name, (kind, which) in needs.items()}
 
 
-def component(word: str) -> Component:
-    try:
-        return COMPONENTS[word]
-    except KeyError:
-        raise ValueError(f"unknown component {word!r}; known: {', '.join(COMPONENTS)}") from None
+def plan_sweep(op: str, params: Mapping[str, Any], b: Any, needs: Mapping[str, tuple[str, str]]) -> Any:
+    """The plan of a sweep statement (patch, ablate, attribute ...): its captures, then its node,
+    keyed with its positions spelled out (the component's default when none were given, so
+    `patch heads` and `patch heads at all positions` are one node)."""
+    keyed = {**params, **plan_captures(b, params, needs)}
+    if "component" in params:
+        keyed["positions"] = default_positions(params["component"], params.get("positions"))
+    return b.node(op, keyed)
 
 
-def default_positions(word: str, positions: Any) -> Any:
-    """The component's default when `positions` is None."""
-    return component(word).positions if positions is None else positions
+def read_or_capture(inputs: Mapping[str, Artifact], name: str, adapter: Adapter, dataset: Artifact, kind: str,
+                    which: str, max_rows: int) -> dict[int, torch.Tensor]:
+    """layer -> activation [N, ...] of one site kind on the clean or corrupted prompts: from the
+    capture input `name` when the plan provided it, else captured now (an op run directly)."""
+    art = inputs.get(name)
+    named = art.tensors if art is not None else capture_dataset(adapter, dataset, kind, which, max_rows)
+    return {l: torch.as_tensor(named[Site(l, kind).name]) for l in range(adapter.n_layers)}
+
+
+# ---- the variant grid ----------------------------------------------------------------------
 
 
 def units(word: str, adapter: Adapter, index: Sequence[int] | None) -> list[int]:
-    """The units swept inside each layer: heads, neurons (all, or `index`), or [-1] (whole site)."""
-    unit = component(word).unit
-    if unit is None:
+    """The units swept inside each layer: heads, key/value heads, neurons (all, or `index`), or
+    [-1] (the whole site)."""
+    kind = component(word).kind
+    if kind.unit is None:
         if index:
             raise ValueError(f"component {word!r} takes no index")
         return [-1]
-    n = adapter.n_heads if unit == "head" else adapter.d_mlp
+    n = kind.n_units(adapter.dims)
     out = list(range(n)) if index in (None, (), []) else [int(i) for i in index]
     bad = [i for i in out if not 0 <= i < n]
     if bad:
-        raise ValueError(f"{unit} {bad[0]} out of range: the model has {n} {unit}s per layer")
+        raise ValueError(f"{kind.unit} {bad[0]} out of range: the model has {n} per layer for {word}")
     return out
 
 
@@ -108,7 +99,14 @@ class Grid:
 
 
 def grid(word: str, layers: Any, positions: Any, n_layers: int, unit_ids: list[int], width: int) -> Grid:
-    """The sweep of one statement (see `patch.variants` for the doctest)."""
+    """The sweep of one statement.
+
+    >>> g = grid("heads", [1], "all", n_layers=2, unit_ids=[0, 1, 2, 3], width=10)
+    >>> g.axes, g.shape, g.layer.tolist(), g.unit.tolist(), g.pos.tolist()
+    (['layer', 'head'], [1, 4], [1, 1, 1, 1], [0, 1, 2, 3], [-1, -1, -1, -1])
+    >>> grid("resid", "all", [3, 5], n_layers=2, unit_ids=[-1], width=10).pos.tolist()
+    [3, 5, 3, 5]
+    """
     lays = list(range(n_layers)) if layers in (None, "all") else [int(l) for l in layers]
     bad = [l for l in lays if not 0 <= l < n_layers]
     if bad:
@@ -134,33 +132,58 @@ def grid(word: str, layers: Any, positions: Any, n_layers: int, unit_ids: list[i
 
 def pattern_as_z(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """z [N, S, H, d_head] that a head outputs with attention `pattern` [N, H, S, S] over values
-    `v` [N, S, H, d_head] (eager attention: z = pattern @ v, per head)."""
+    `v` [N, S, H, d_head] (eager attention: z = pattern @ v, per head; under grouped-query
+    attention `v` must already be per query head)."""
     return torch.einsum("nhqk,nkhd->nqhd", pattern.to(v.dtype), v)
 
 
-def write_kind(kind: str) -> str:
-    """Where a value of this kind is written (patterns go through z, see the module docstring)."""
-    return "z" if kind == "pattern" else kind
+def values_per_query_head(v: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """v [N, S, KV, d_head] per key/value head -> [N, S, H, d_head] per query head (query head h
+    reads key/value head h // (H / KV), as HF's repeat_kv)."""
+    return v.repeat_interleave(n_heads // v.shape[2], dim=2) if v.shape[2] != n_heads else v
+
+
+def write_kind(word: str) -> str:
+    """The site kind a component's values are written at (a pattern is written through z)."""
+    kind = component(word).kind
+    return kind.name if kind.write == "self" else kind.write
+
+
+def source_values(word: str, acts: dict[int, torch.Tensor], values: dict[int, torch.Tensor] | None,
+                  n_heads: int) -> dict[int, torch.Tensor]:
+    """What is written for a component, from its activations (a pattern becomes z = P @ v with the
+    base run's values)."""
+    if component(word).kind.name != "pattern":
+        return acts
+    return {l: pattern_as_z(p, values_per_query_head(values[l], n_heads)) for l, p in acts.items()}
+
+
+# ---- the sweep -------------------------------------------------------------------------------
 
 
 def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Tensor], g: Grid, metric: str,
-          base: str, clean_logits: torch.Tensor, max_rows: int = 32) -> torch.Tensor:
+          base: str, clean_logits: torch.Tensor, max_rows: int = 32,
+          progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Metric of every (variant, prompt) row, float64 [V, N].
 
     Args:
         kind: the site kind written ("z", "q", "k", "v", "mlp_post", "resid_pre", ...).
         source: layer -> [N, S, ...] the value prompt i's rows get at that layer (full width; may
             be an expanded view, e.g. a mean).
-        g: the variants; `unit` picks a head (head kinds) or neuron (mlp_post), -1 everything.
+        g: the variants; `unit` picks a unit of the kind's unit axis (head, key/value head or
+            neuron), -1 everything.
         base: "clean" or "corrupted": the prompts every row runs.
         clean_logits: [N, V] clean answer logits (kl).
+        progress: called with (rows done, rows) after each chunk.
     """
     dev = adapter.device
     n, v = pairs.n, len(g)
+    spec = Site(0, kind).spec
     ids_all, mask_all, apos_all = pairs.ids(base).to(dev), pairs.attention_mask.to(dev), pairs.answer_pos.to(dev)
     var_layer, var_unit, var_pos = g.layer.to(dev), g.unit.to(dev), g.pos.to(dev)
-    n_units = adapter.n_heads if kind in HEAD_KINDS else adapter.d_mlp if kind == "mlp_post" else 0
+    n_units = spec.n_units(adapter.dims) if spec.unit else 0
     unit_ids = torch.arange(n_units, device=dev)
+    neuron = spec.unit == "neuron"  # the unit is the last axis: no trailing axis to broadcast over
     source = {l: source[l].to(dev) for l in torch.unique(var_layer).tolist()}  # once, not per chunk
     out = torch.empty(v * n, dtype=torch.float64)
     for rows in chunks(v * n, max_rows):
@@ -177,9 +200,11 @@ def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Ten
                 vu = var_unit[vi][:, None]
                 m = m[:, :, None] & ((vu == -1) | (unit_ids[None] == vu))[:, None, :]  # [B, S, U]
             value = source[layer][p, :width]
-            edits.append(Edit(Site(layer, kind), value, mask=m if kind == "mlp_post" else m[..., None]))
+            edits.append(Edit(Site(layer, kind), value, mask=m if neuron else m[..., None]))
         logits = adapter.forward(ids_all[p, :width], mask_all[p, :width], edits=edits, logits_at=apos).logits
         out[rows.cpu()] = metrics.compute(metric, logits, pairs.data, p, clean_logits[p]).cpu()
+        if progress is not None:
+            progress(int(rows[-1]) + 1, v * n)
     return out.view(v, n)
 
 
@@ -191,6 +216,9 @@ def baselines(adapter: Adapter, pairs: Pairs, metric: str, max_rows: int) -> tup
     m_clean = metrics.compute(metric, clean_logits, pairs.data, None, clean_logits).cpu()
     m_corr = metrics.compute(metric, corrupted_logits, pairs.data, None, clean_logits).cpu()
     return clean_logits, m_clean, m_corr
+
+
+# ---- the result --------------------------------------------------------------------------
 
 
 def table_columns(word: str, g: Grid, positions: Any) -> dict[str, list]:
@@ -207,7 +235,7 @@ def table_columns(word: str, g: Grid, positions: Any) -> dict[str, list]:
 
 
 def chart_hints(g: Grid) -> dict:
-    """Heatmap hints: facet by position when a per-head grid is also swept over positions; the
+    """Heatmap hints: facet by position when a per-unit grid is also swept over positions; the
     neuron axis on x."""
     hints: dict[str, Any] = {}
     if len(g.axes) == 3:
@@ -215,3 +243,35 @@ def chart_hints(g: Grid) -> dict:
     if "neuron" in g.axes:
         hints["x"] = "neuron"
     return hints
+
+
+def sweep_result(word: str, g: Grid, positions: Any, per_prompt: torch.Tensor, m_clean: torch.Tensor,
+                 m_corr: torch.Tensor, raw: str, data: Mapping[str, Any], extra: Mapping[str, Any] = (),
+                 headline: Mapping[str, Any] = ()) -> Artifact:
+    """The artifact every sweep reports.
+
+    `effect` = (m - m_corrupted) / (m_clean - m_corrupted) on means over prompts; `raw` names the
+    raw metric column ("patched", "ablated"); `extra` adds table columns computed from the raw
+    means (name -> function of them). Tensors: effect and raw in the grid's shape, per_prompt
+    [*shape, N], the clean and corrupted metric per prompt. data["headline"] (what the report shows
+    beside the chart) holds the baselines and the convention, then `headline`'s label -> value items.
+    """
+    raw_mean = per_prompt.mean(1)
+    clean_mean, corr_mean = m_clean.mean().item(), m_corr.mean().item()
+    effect = metrics.normalise(raw_mean, clean_mean, corr_mean)
+    cols = table_columns(word, g, positions)
+    cols.update({"effect": effect.tolist(), raw: raw_mean.tolist()})
+    cols.update({k: fn(raw_mean, clean_mean).tolist() for k, fn in dict(extra).items()})
+    shape = g.shape
+    return Artifact(
+        tensors={"effect": effect.float().view(shape).contiguous(), raw: raw_mean.float().view(shape).contiguous(),
+                 "per_prompt": per_prompt.float().view(*shape, per_prompt.shape[1]).contiguous(),
+                 "clean": m_clean.float(), "corrupted": m_corr.float()},
+        tables={"result": pl.DataFrame(cols)},
+        data={**data, "axes": g.axes, "shape": shape, "clean_mean": clean_mean, "corrupted_mean": corr_mean,
+              "chart": chart_hints(g),
+              "headline": [{"label": f"{data['metric']}, clean", "value": clean_mean},
+                           {"label": f"{data['metric']}, corrupted", "value": corr_mean,
+                            "detail": f"effect = ({raw} - corrupted) / (clean - corrupted)"},
+                           *({"label": k, "value": v} for k, v in dict(headline).items())]},
+    )

@@ -42,6 +42,12 @@ if "t_source" not in spec.OPS:
             open(os.environ["MECHSTUDY_TEST_MARK"], "a").write(params["tag"] + "\n")
         return Artifact(tensors={"x": big})
 
+    @spec.operator("t_params", version=1, params=[Param("a", int), Param("b", float, 0.5),
+                                                  Param("chunk", int, 16, keyed=False)])
+    def t_params(inputs, params, ctx):
+        # Echoes what run received: every declared param, defaults filled, keyed or not.
+        return Artifact(data={"received": dict(params)})
+
     @spec.operator("t_fail", version=1, params=[])
     def t_fail(inputs, params, ctx):
         raise RuntimeError("boom")

@@ -14,8 +14,10 @@ from mechstudy.engine.spec import (
     ModelSource, OpSpec, Param,
 )
 
-GPT2 = ModelInfo(arch="gpt2", n_layers=12, n_heads=12, d_model=768, d_vocab=50257, n_ctx=1024)
-TINY = ModelInfo(arch="gpt2", n_layers=2, n_heads=4, d_model=64, d_vocab=1000)
+LM = frozenset({"causal", "lm_head", "residual_stream"})
+GPT2 = ModelInfo(arch="gpt2", n_layers=12, n_heads=12, d_model=768, d_vocab=50257, n_ctx=1024, features=LM)
+TINY = ModelInfo(arch="gpt2", n_layers=2, n_heads=4, d_model=64, d_vocab=1000, features=LM)
+BERT = ModelInfo(arch="bert", n_layers=6, n_heads=12, d_model=384, d_vocab=30522, n_ctx=512)
 
 
 def _run(inputs, params, ctx):  # never called: the language only reads signatures
@@ -38,7 +40,7 @@ def ops() -> dict[str, OpSpec]:
             *common,
             Param("direction", str, "denoising", choices=("denoising", "noising")),
             Param("chunk", int, 16, keyed=False),
-        ], components=("heads", "resid", "attn", "mlp", "neurons")),
+        ], components=("heads", "resid", "attn", "mlp", "neurons"), model_features=frozenset({"causal", "lm_head"})),
         _op("evaluate", common),
         _op("discover", [
             Param("component", str), *common,
@@ -66,14 +68,16 @@ def _describe(ref, options):
         return GPT2
     if ref == "tiny":
         return TINY
+    if ref == "bert":
+        return BERT
     raise LookupError(f"model {ref!r} is not in the local cache; download it with `hf download {ref}`")
 
 
 def model_sources() -> dict[str, ModelSource]:
     opts = (Param("dtype", str, "float32", choices=("float32", "bfloat16", "float16")),
             Param("revision", str, "main"))
-    return {k: ModelSource(kind=k, describe=_describe, locate=lambda r, o: f"/models/{r}", options=opts,
-                           names=lambda: ["gpt2", "tiny"]) for k in ("hf", "zoo")}
+    return {k: ModelSource(kind=k, describe=_describe, locate=lambda r, o: f"/models/{r}", load=_run, options=opts,
+                           names=lambda: ["gpt2", "tiny", "bert"]) for k in ("hf", "zoo")}
 
 
 def datasets() -> dict[str, DatasetSpec]:

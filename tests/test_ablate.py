@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (HOOKS["load_model"])
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.ablate  # noqa: F401  (registers the operator under test)
 import patch_refs as R
 from mechstudy.engine import spec
@@ -95,7 +95,7 @@ CASES = [
 def test_batched_ablation_equals_slow_reference(word, positions, metric, method, extra, tiny_adapter,
                                                 tiny_model_artifact, ioi, ctx):
     params = dict(component=word, layers="all", positions=positions, metric=metric, method=method, **extra)
-    out = spec.OPS["ablate"].run({"model": tiny_model_artifact, "dataset": ioi}, params, ctx)
+    out = spec.OPS["ablate"].execute({"model": tiny_model_artifact, "dataset": ioi}, params, ctx)
     values, effects, m_clean = reference(tiny_adapter.model, ioi, word, positions, metric, method,
                                          extra.get("component_index"), extra.get("mean_of", "clean"), extra.get("seed", 0))
     got = out.tensors["per_prompt"].reshape(-1, N_PROMPTS).double()
@@ -122,7 +122,7 @@ def test_resample_order_is_a_seeded_permutation_within_lengths(ioi):
 def test_zero_ablating_the_residual_at_the_answer_kills_the_prediction(tiny_model_artifact, ioi, ctx):
     # resid_post of the last layer at the answer position is all the unembedding sees: zeroing it
     # leaves logits equal to ln_f(0) @ W_U = bias @ W_U, the same for every prompt.
-    out = spec.OPS["ablate"].run({"model": tiny_model_artifact, "dataset": ioi},
+    out = spec.OPS["ablate"].execute({"model": tiny_model_artifact, "dataset": ioi},
                                  dict(component="resid_post", layers=[1], positions="last", metric="logit_diff",
                                       method="zero"), ctx)
     adapter = ctx.model(tiny_model_artifact)

@@ -7,62 +7,14 @@ Each check is against the native modules: the adapters must never compute what t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from mechstudy.stdlib.models.base import Edit, load_adapter
-from mechstudy.stdlib.models.sites import KINDS, Site, arch_for
+from mechstudy.stdlib.models.sites import LAYER_KINDS as KINDS, Site, arch_for
+from tiny_models import D, H, L, build
 
-L, H, D = 2, 4, 64  # layers, heads, d_model of every tiny model here
 DH = D // H
-
-
-def _save(model, directory: Path) -> Path:
-    from mechstudy.stdlib.models.tiny import make_tiny_tokenizer
-
-    model.save_pretrained(directory)
-    make_tiny_tokenizer().save_pretrained(directory)
-    return directory
-
-
-def _vocab() -> int:
-    from mechstudy.stdlib.models.tiny import make_tiny_tokenizer
-
-    return len(make_tiny_tokenizer())
-
-
-def build(name: str, directory: Path) -> Path:
-    """A tiny random model of one architecture (seed 0, init std 0.2 so heads differ clearly)."""
-    import transformers as tf
-
-    common = dict(vocab_size=_vocab(), hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
-                  intermediate_size=96, max_position_embeddings=64, initializer_range=0.2)
-    if name in ("neox", "neox_seq"):
-        cfg = tf.GPTNeoXConfig(**common, use_parallel_residual=name == "neox",
-                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})
-        cls = tf.GPTNeoXForCausalLM
-    elif name == "llama":  # grouped-query attention: 4 query heads share 2 key/value heads
-        cfg = tf.LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=False)
-        cls = tf.LlamaForCausalLM
-    elif name == "mistral":  # GQA, and head_dim 24 != d_model / heads: z is [.., H, 24]
-        cfg = tf.MistralConfig(**common, num_key_value_heads=1, head_dim=24, sliding_window=None)
-        cls = tf.MistralForCausalLM
-    elif name == "qwen2":  # q/k/v biases, no GQA (so k and v sites exist)
-        cfg = tf.Qwen2Config(**common, num_key_value_heads=H)
-        cls = tf.Qwen2ForCausalLM
-    elif name == "bert":
-        cfg = tf.BertConfig(**common, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        cls = tf.BertForMaskedLM
-    else:
-        raise ValueError(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = cls(cfg)
-    return _save(model, directory)
-
-
 ARCHS = ("neox", "neox_seq", "llama", "mistral", "qwen2", "bert")
 
 
@@ -104,7 +56,7 @@ def _values(a, l: int, pre: torch.Tensor) -> torch.Tensor:
     if arch == "llama":
         b = a.model.model.layers[l]
         v = b.self_attn.v_proj(b.input_layernorm(pre)).view(B, S, a.n_kv_heads, a.d_head)
-        return v.repeat_interleave(a.kv_group, dim=2)
+        return v.repeat_interleave((a.n_heads // a.n_kv_heads), dim=2)
     b = a.model.bert.encoder.layer[l]
     return b.attention.self.value(pre).view(B, S, a.n_heads, a.d_head)
 
@@ -166,7 +118,7 @@ def test_every_site_has_its_shape_and_meaning(adapter):
     assert tuple(acts[Site(0, "z")].shape) == (B, S, H, dh) and _native(a)(0)["out_proj"].in_features == H * dh
     assert tuple(acts[Site(0, "mlp_post")].shape) == (B, S, 96)
     if a.table.arch == "llama":  # llama: 2 key/value heads, mistral: 1, qwen2: 4 (no GQA)
-        assert a.n_kv_heads == a.model.config.num_key_value_heads and a.n_kv_heads * a.kv_group == H
+        assert a.n_kv_heads == a.model.config.num_key_value_heads and a.n_kv_heads * (a.n_heads // a.n_kv_heads) == H
     hf = _plain(a.model, ids, mask, output_hidden_states=True, output_attentions=True)
     mods = _native(a)
     with torch.no_grad():
@@ -232,8 +184,13 @@ def test_head_patch_equals_a_hand_written_hook(adapter):
 
 
 def _qkv_native(a, l: int, pre: torch.Tensor) -> dict[str, torch.Tensor]:
-    """q, k, v of layer l straight from the native projections, [B, S, heads, d_head]."""
+    """q, k, v of layer l straight from the native projections: q [B, S, heads, d_head], k and v
+    [B, S, key/value heads, d_head] (NeoX: split from the fused per-head [q_h | k_h | v_h] output)."""
     B, S, _ = pre.shape
+    if a.table.arch == "neox":
+        b = a.model.gpt_neox.layers[l]
+        qkv = b.attention.query_key_value(b.input_layernorm(pre)).view(B, S, a.n_heads, 3, a.d_head)
+        return {k: qkv[..., i, :] for i, k in enumerate("qkv")}
     if a.table.arch == "llama":
         b = a.model.model.layers[l]
         x, mods = b.input_layernorm(pre), (b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj)
@@ -243,39 +200,48 @@ def _qkv_native(a, l: int, pre: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: m(x).view(B, S, -1, a.d_head) for k, m in zip("qkv", mods)}
 
 
-def test_qkv_sites_and_a_query_head_patch(adapter):
-    a, l, h = adapter, 1, 1
+def _head_cols(a, kind: str, h: int) -> slice:
+    """Columns of head h's `kind` in its native projection's output."""
+    if a.table.arch == "neox":  # [q_0 | k_0 | v_0 | q_1 | ...]
+        start = (3 * h + "qkv".index(kind)) * a.d_head
+        return slice(start, start + a.d_head)
+    return slice(h * a.d_head, (h + 1) * a.d_head)
+
+
+def _proj(a, l: int, kind: str):
+    if a.table.arch == "neox":
+        return a.model.gpt_neox.layers[l].attention.query_key_value
+    if a.table.arch == "llama":
+        return getattr(a.model.model.layers[l].self_attn, f"{kind}_proj")
+    return getattr(a.model.bert.encoder.layer[l].attention.self, {"q": "query", "k": "key", "v": "value"}[kind])
+
+
+@pytest.mark.parametrize("kind", ["q", "k", "v"])
+def test_qkv_sites_and_a_one_head_patch(adapter, kind):
+    """q per query head; k and v per key/value head (fewer than query heads under GQA); NeoX's from
+    its fused per-head projection. A one-head patch equals a plain hook on the native projection."""
+    a, l = adapter, 1
     ids, mask = _batch(8)
-    if a.table.arch == "neox":  # fused per head: no q/k/v site (see neox.py)
-        with pytest.raises(LookupError, match="no 'q' site"):
-            a.capture(ids, mask, [Site(0, "q")])
-        return
-    kinds = ["q", "k", "v"]
-    if a.table.arch == "llama" and a.kv_group > 1:  # shared key/value heads have no per-head site
-        for k in ("k", "v"):
-            with pytest.raises(LookupError, match="grouped-query"):
-                a.capture(ids, mask, [Site(0, k)])
-        kinds = ["q"]
-    acts = a.forward(ids, mask, capture=[Site(l, k) for k in kinds] + [Site(l, "resid_pre")]).acts
+    acts = a.forward(ids, mask, capture=[Site(l, k) for k in "qkv"] + [Site(l, "resid_pre")]).acts
     with torch.no_grad():
         ref = _qkv_native(a, l, acts[Site(l, "resid_pre")])
-    for k in kinds:
+    for k in "qkv":
         assert tuple(acts[Site(l, k)].shape) == a.shape(Site(l, k), *ids.shape)
         torch.testing.assert_close(acts[Site(l, k)], ref[k], atol=1e-6, rtol=0)
-    # One query head from another batch, against a plain forward hook on the query projection.
+    n_units = a.n_heads if kind == "q" else a.n_kv_heads
+    assert acts[Site(l, kind)].shape[2] == n_units
+    h = n_units - 1
     src, _ = _batch(9)
-    q_src = a.capture(src, mask, [Site(l, "q", head=h)])[Site(l, "q", head=h)]
-    got = a.forward(ids, mask, edits=[Edit(Site(l, "q", head=h), q_src)]).logits
-    proj = (a.model.model.layers[l].self_attn.q_proj if a.table.arch == "llama"
-            else a.model.bert.encoder.layer[l].attention.self.query)
-    cols = slice(h * a.d_head, (h + 1) * a.d_head)
+    value = a.capture(src, mask, [Site(l, kind, head=h)])[Site(l, kind, head=h)]
+    got = a.forward(ids, mask, edits=[Edit(Site(l, kind, head=h), value)]).logits
+    cols = _head_cols(a, kind, h)
 
     def patch(mod, args, out):
         out = out.clone()
-        out[..., cols] = q_src
+        out[..., cols] = value
         return out
 
-    hd = proj.register_forward_hook(patch)
+    hd = _proj(a, l, kind).register_forward_hook(patch)
     try:
         want = _plain(a.model, ids, mask).logits
     finally:
@@ -342,3 +308,33 @@ def test_describe_reads_the_config_only(tmp_path):
     (d / "model.safetensors").unlink()  # describing never needs the weights
     info = describe_dir(d)
     assert (info.arch, info.n_layers, info.n_heads, info.d_model, info.n_ctx) == ("llama", L, H, D, 64)
+
+
+def test_final_norm_scale_and_logits_sites(adapter):
+    """The model-level sites: the final norm's output and scale, and the logits; the adapter's
+    `unembed` (the logit lens) is the model's own last step."""
+    from mechstudy.stdlib.models.base import is_layer_norm
+
+    a = adapter
+    ids, mask = _batch(3)
+    if a.table.final_norm is None:  # BERT is post-LN: there is no final norm to read
+        with pytest.raises(LookupError, match="no 'ln_final' site"):
+            a.capture(ids, mask, [Site(None, "ln_final")])
+        return
+    last, fin, scale, logits = (Site(L - 1, "resid_post"), Site(None, "ln_final"), Site(None, "ln_final_scale"),
+                                Site(None, "logits"))
+    out = a.forward(ids, mask, capture=[last, fin, scale, logits])
+    x = out.acts[last]
+    assert torch.equal(out.acts[logits], out.logits)
+    assert tuple(out.acts[scale].shape) == (*ids.shape, 1) == a.shape(scale, *ids.shape)
+    norm = a.module(a.table.final_norm)
+    with torch.no_grad():
+        torch.testing.assert_close(out.acts[fin], norm(x), atol=1e-6, rtol=0)
+        centred = x - x.mean(-1, keepdim=True) if is_layer_norm(norm) else x
+        bias = norm.bias if getattr(norm, "bias", None) is not None else 0.0
+        torch.testing.assert_close(centred / out.acts[scale] * norm.weight + bias, out.acts[fin], atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.unembed(x), out.logits, atol=1e-5, rtol=0)
+    # Only the positions a forward unembeds are in the logits site.
+    pos = mask.sum(1) - 1
+    at = a.forward(ids, mask, capture=[logits], logits_at=pos)
+    assert torch.equal(at.acts[logits][:, 0], at.logits)

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (HOOKS["load_model"])
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.attribute  # noqa: F401
 import mechstudy.stdlib.ops.capture  # noqa: F401
 import mechstudy.stdlib.ops.compare  # noqa: F401
@@ -100,16 +100,16 @@ def test_gradient_op_is_chunk_independent_and_per_prompt(adapter64, ioi):
 
 
 def _atp_pipeline(model_art, ds, ctx, component, **params):
-    kind = mechstudy.stdlib.ops.attribute.COMPONENT_SITE[component]
+    kind = __import__("mechstudy.stdlib.models.sites", fromlist=["component"]).component(component).kind.name
     io = {"model": model_art, "dataset": ds}
     base = "corrupted" if params.get("direction", "denoising") == "denoising" else "clean"
-    clean = spec.OPS["capture"].run(io, {"site": kind, "which": "clean"}, ctx)
-    corr = spec.OPS["capture"].run(io, {"site": kind, "which": "corrupted"}, ctx)
+    clean = spec.OPS["capture"].execute(io, {"site": kind, "which": "clean"}, ctx)
+    corr = spec.OPS["capture"].execute(io, {"site": kind, "which": "corrupted"}, ctx)
     metric = params.get("metric", "logit_diff")
-    grad = spec.OPS["gradient"].run(io, {"site": kind, "which": base, "metric": metric}, ctx)
+    grad = spec.OPS["gradient"].execute(io, {"site": kind, "which": base, "metric": metric}, ctx)
     p = {"component": component, "layers": "all", "positions": None, "metric": "logit_diff", "direction": "denoising",
          "component_index": None, **params}
-    out = spec.OPS["attribute"].run({"dataset": ds, "clean": clean, "corrupted": corr, "gradient": grad}, p, ctx)
+    out = spec.OPS["attribute"].execute({"dataset": ds, "clean": clean, "corrupted": corr, "gradient": grad}, p, ctx)
     return out, clean, corr, grad
 
 
@@ -128,7 +128,7 @@ CASES = [
 def test_atp_equals_clean_minus_corrupted_dot_gradient(component, params, tiny_model_artifact, ioi, ctx):
     out, clean, corr, grad = _atp_pipeline(tiny_model_artifact, ioi, ctx, component, **params)
     t = ioi.tensors
-    kind = mechstudy.stdlib.ops.attribute.COMPONENT_SITE[component]
+    kind = __import__("mechstudy.stdlib.models.sites", fromlist=["component"]).component(component).kind.name
     noising = params.get("direction") == "noising"
     layers = params.get("layers", [0, 1])
     width = t["clean_ids"].shape[1]
@@ -168,7 +168,7 @@ def test_atp_is_close_to_patching_next_to_the_output(tiny_model_artifact, ioi, c
     # only through the last layer norm, so patching every position of resid_post in the last layer
     # is estimated to first order. AtP at the answer position must be close to the truth there.
     out, *_ = _atp_pipeline(tiny_model_artifact, ioi, ctx, "resid_post", positions="last", layers=[1])
-    truth = spec.OPS["patch"].run({"model": tiny_model_artifact, "dataset": ioi},
+    truth = spec.OPS["patch"].execute({"model": tiny_model_artifact, "dataset": ioi},
                                   {"component": "resid_post", "layers": [1], "positions": "last",
                                    "metric": "logit_diff", "direction": "denoising"}, ctx)
     est, real = out.tensors["patched"].item(), truth.tensors["patched"].item()
@@ -208,7 +208,7 @@ def test_compare_joins_and_ranks():
     # the second table in another order and with an extra row that has no partner
     b = Artifact(tables={"result": pl.DataFrame({"layer": keys["layer"][::-1] + [9], "head": keys["head"][::-1] + [0],
                                                  "effect": y[::-1] + [5.0], "patched": [0.0] * 13})})
-    out = spec.OPS["compare"].run({"result": a, "metric": b}, {"labels": ["attribute", "patch"], "top": 3}, None)
+    out = spec.OPS["compare"].execute({"result": a, "metric": b}, {"labels": ["attribute", "patch"], "top": 3}, None)
     res = out.tables["result"]
     assert res.height == 12 and res.columns == ["unit", "layer", "head", "attribute", "patch"]
     assert abs(out.data["spearman"] - spearmanr(x, y).statistic) < 1e-12

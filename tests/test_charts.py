@@ -172,7 +172,7 @@ def test_facet_hint():
 
 
 def test_chart_node_kind_uses_the_registry():
-    out = spec.OPS["chart"].run({"result": Artifact(tables={"result": HEADS})}, {"kind": "heatmap", "title": "t"},
+    out = spec.OPS["chart"].execute({"result": Artifact(tables={"result": HEADS})}, {"kind": "heatmap", "title": "t"},
                                 None)
     assert out.data["vega_lite"] == render("heatmap", {"result": HEADS}, title="t")
 

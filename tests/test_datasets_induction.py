@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (HOOKS["load_model"])
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.evaluate  # noqa: F401  (registers the operator used below)
 from mechstudy.stdlib.datasets.induction import generate, second_half_targets
 from mechstudy.stdlib.models.tiny import make_tiny_tokenizer
@@ -108,7 +108,7 @@ def test_registered_generator_and_evaluate(tiny_model_artifact):
     ds = spec.DATASETS["induction"].run({"model": tiny_model_artifact}, {"n": 6, "length": 10, "seed": 1}, ctx)
     assert ds.tensors["ids"].max() < tiny_model_artifact.data["info"]["d_vocab"]
     adapter = ctx.model(tiny_model_artifact)
-    out = spec.OPS["evaluate"].run({"model": tiny_model_artifact, "dataset": ds}, {"metric": "logit_diff"}, ctx)
+    out = spec.OPS["evaluate"].execute({"model": tiny_model_artifact, "dataset": ds}, {"metric": "logit_diff"}, ctx)
     t = ds.tensors
     with torch.no_grad():  # by hand: the full sequences' logits one position before the end
         lg = adapter.model(input_ids=t["ids"]).logits[:, -2]

@@ -1,15 +1,13 @@
-"""Edge attribution patching against a hand-computed reference.
+"""Edge attribution patching against a hand-computed reference, on every architecture.
 
-The reference (`circuits_reference.RefGPT2`) is an independent float64 GPT-2 in which every
-receiver's input is an explicit sum over its parents; a zero tensor added to each receiver's input
-gives, by autograd, the gradient at that receiver's private input. EAP's score of u -> v is then
+The references (`circuits_reference`: GPT-2, GPT-NeoX parallel and sequential, Llama with
+grouped-query attention) are independent float64 models in which every receiver's input is an
+explicit sum over its parents; a zero tensor added to each receiver's input gives, by autograd,
+the gradient at that receiver's private input. EAP's score of u -> v is then
 (a_u(clean) - a_u(corrupted)) . grad_v summed over positions and d_model, averaged over prompts.
 """
 
 from __future__ import annotations
-
-import copy
-import json
 
 import pytest
 import torch
@@ -17,35 +15,28 @@ import torch
 import mechstudy.stdlib.models.sources  # noqa: F401
 import mechstudy.stdlib.ops.attribute_edges  # noqa: F401
 import mechstudy.stdlib.ops.gradient  # noqa: F401
-from circuits_reference import RefGPT2, answer_logits, metric
+from circuits_reference import answer_logits, metric, reference
+from conftest import CIRCUIT_ARCHS
 from mechstudy.engine import spec
 from mechstudy.engine.context import Context
 from mechstudy.stdlib.circuits.gradients import receiver_gradients
 from mechstudy.stdlib.circuits.graph import ComponentGraph
 from mechstudy.stdlib.circuits.scores import scorer
 from mechstudy.stdlib.datasets import Pairs
-from mechstudy.stdlib.models.base import Adapter
 from mechstudy.stdlib.ops.attribute_edges import receiver_stack
 
 N = 5
 
 
-@pytest.fixture(scope="module")
-def ref(tiny_adapter):
-    return RefGPT2(tiny_adapter.model)
-
-
-@pytest.fixture(scope="module")
-def adapter64(tiny_adapter, tiny_gpt2_dir):
-    cfg = json.loads((tiny_gpt2_dir / "config.json").read_text())
-    return Adapter(copy.deepcopy(tiny_adapter.model).double(), tiny_adapter.tokenizer, tiny_adapter.table, cfg)
-
-
-@pytest.fixture(scope="module")
-def ioi(tiny_adapter):
+@pytest.fixture(scope="module", params=CIRCUIT_ARCHS)
+def m(request, circuit_models):
+    """One architecture's tiny model, its reference and an IOI set (the tiny word-level tokenizer)."""
     from mechstudy.stdlib.datasets.ioi import generate
 
-    return generate(tiny_adapter.tokenizer, n=N, seed=11)
+    got = circuit_models(request.param)
+    got.ref = reference(got.adapter64)
+    got.ioi = generate(got.adapter.tokenizer, n=N, seed=11)
+    return got
 
 
 def ref_receiver_grads(ref, ds, ids, metric_name, input_value=None):
@@ -83,39 +74,41 @@ def ref_scores(ref, ds, metric_name, direction="denoising", steps=1):
     return out
 
 
-def test_reference_is_the_hf_model(ref, adapter64, ioi):
-    t = ioi.tensors
+def test_reference_is_the_hf_model(m):
+    t = m.ioi.tensors
     with torch.no_grad():
-        logits, _ = ref.run(t["clean_ids"])
-        hf = adapter64.forward(t["clean_ids"], t["attention_mask"], logits_at=t["answer_pos"]).logits
-    torch.testing.assert_close(answer_logits(logits, ioi), hf, atol=1e-9, rtol=1e-9)
+        logits, _ = m.ref.run(t["clean_ids"])
+        hf = m.adapter64.forward(t["clean_ids"], t["attention_mask"], logits_at=t["answer_pos"]).logits
+    torch.testing.assert_close(answer_logits(logits, m.ioi), hf, atol=m.tol, rtol=m.tol)
 
 
 @pytest.mark.parametrize("metric_name", ["logit_diff", "kl"])
-def test_receiver_gradients_equal_the_reference(metric_name, ref, adapter64, ioi):
-    pairs = Pairs.of(ioi)
+def test_receiver_gradients_equal_the_reference(metric_name, m):
+    pairs = Pairs.of(m.ioi)
     with torch.no_grad():
-        clean = adapter64.forward(pairs.clean_ids, pairs.attention_mask, logits_at=pairs.answer_pos).logits
-    got, _ = receiver_gradients(adapter64, pairs.corrupted_ids, pairs.attention_mask, pairs.answer_pos,
+        clean = m.adapter64.forward(pairs.clean_ids, pairs.attention_mask, logits_at=pairs.answer_pos).logits
+    got, _ = receiver_gradients(m.adapter64, pairs.corrupted_ids, pairs.attention_mask, pairs.answer_pos,
                                 scorer(metric_name, pairs, None, clean))
-    want = ref_receiver_grads(ref, ioi, ioi.tensors["corrupted_ids"], metric_name)
-    graph = ComponentGraph.of(ref.L, ref.H)
+    want = ref_receiver_grads(m.ref, m.ioi, m.ioi.tensors["corrupted_ids"], metric_name)
+    graph = ComponentGraph.of_model(m.adapter64)
+    assert graph.parallel == m.ref.parallel and [r.name for r in graph.receivers] == m.ref.receivers()
     stack = receiver_stack(got, graph)
     real = pairs.attention_mask.bool()[:, :, None]
     for v, r in enumerate(graph.receivers):
         assert r.name in want
-        torch.testing.assert_close(stack[v] * real, want[r.name] * real, atol=1e-10, rtol=1e-8)
-        assert want[r.name].abs().max() > 1e-3
+        scale = want[r.name].abs().max()
+        torch.testing.assert_close(stack[v] * real, want[r.name] * real, atol=max(1e-10, m.tol * scale), rtol=1e-8 + m.tol)
+        assert scale > 1e-3
 
 
-def _eap(model_art, ds, **params):
-    ctx = Context(device="cpu", max_rows=2)
+def _eap(model_art, ds, ctx=None, **params):
+    ctx = ctx or Context(device="cpu", max_rows=2)
     io = {"model": model_art, "dataset": ds}
     base = "corrupted" if params.get("direction", "denoising") == "denoising" else "clean"
-    grad = spec.OPS["gradient"].run(io, {"site": "receivers", "which": base, "metric": params["metric"],
+    grad = spec.OPS["gradient"].execute(io, {"site": "receivers", "which": base, "metric": params["metric"],
                                          "ig_steps": params.get("ig_steps", 1)}, ctx)
     p = {"direction": "denoising", "ig_steps": 1, "top": 10, **params}
-    return spec.OPS["attribute_edges"].run({**io, "gradient": grad}, p, ctx)
+    return spec.OPS["attribute_edges"].execute({**io, "gradient": grad}, p, ctx)
 
 
 @pytest.mark.parametrize("params", [
@@ -124,15 +117,15 @@ def _eap(model_art, ds, **params):
     {"metric": "prob", "direction": "noising"},
     {"metric": "logit_diff", "ig_steps": 3},
 ])
-def test_eap_scores_equal_the_reference(params, ref, tiny_model_artifact, ioi):
-    out = _eap(tiny_model_artifact, ioi, **params)
-    want = ref_scores(ref, ioi, params["metric"], params.get("direction", "denoising"), params.get("ig_steps", 1))
+def test_eap_scores_equal_the_reference(params, m):
+    out = _eap(m.artifact, m.ioi, **params)  # the float32 model, as a study runs it
+    want = ref_scores(m.ref, m.ioi, params["metric"], params.get("direction", "denoising"), params.get("ig_steps", 1))
     got = out.tensors["scores"].double()
     scale = want.abs().max()
     assert scale > 1e-3
     torch.testing.assert_close(got, want, atol=2e-5 * scale, rtol=1e-4)
     table = out.tables["result"]
-    graph = ComponentGraph.of(ref.L, ref.H)
+    graph = ComponentGraph.of_model(m.adapter)
     assert table.height == len(graph.edges) == int(out.tensors["edge_mask"].sum())
     top = table.row(0, named=True)
     u, v = graph.sender_index(top["src"]), graph.receiver_index(top["dst"])
@@ -141,7 +134,11 @@ def test_eap_scores_equal_the_reference(params, ref, tiny_model_artifact, ioi):
     assert out.tables["edges"].height == 10 and set(out.tables["edges"]["src"]) <= set(out.tables["nodes"]["node"])
 
 
-def test_ig_moves_away_from_plain_eap(tiny_model_artifact, ioi):
-    plain = _eap(tiny_model_artifact, ioi, metric="logit_diff").tensors["scores"]
-    ig = _eap(tiny_model_artifact, ioi, metric="logit_diff", ig_steps=4).tensors["scores"]
+def test_ig_moves_away_from_plain_eap(circuit_models):
+    from mechstudy.stdlib.datasets.ioi import generate
+
+    g = circuit_models("gpt2")
+    ioi = generate(g.adapter.tokenizer, n=N, seed=11)
+    plain = _eap(g.artifact, ioi, metric="logit_diff").tensors["scores"]
+    ig = _eap(g.artifact, ioi, metric="logit_diff", ig_steps=4).tensors["scores"]
     assert (plain - ig).abs().max() > 1e-4 * plain.abs().max()  # the path points are really used

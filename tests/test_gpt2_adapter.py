@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (registers hf, zoo and HOOKS["load_model"])
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 from mechstudy.stdlib.models.base import Edit, load_adapter
-from mechstudy.stdlib.models.sites import KINDS, Site
+from mechstudy.stdlib.models.sites import LAYER_KINDS as KINDS, Site
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_model_sources(tiny_gpt2_dir, monkeypatch, tmp_path):
     assert zoo.names() == ["tiny"] and zoo.describe("tiny", {}).n_layers == 2
     with pytest.raises(LookupError, match="did you mean 'tiny'"):
         zoo.locate("tinny", {})
-    m = spec.HOOKS["load_model"]({"path": str(tiny_gpt2_dir), "options": {"dtype": "bfloat16"}}, "cpu")
+    m = spec.MODEL_SOURCES["hf"].load({"path": str(tiny_gpt2_dir), "options": {"dtype": "bfloat16"}}, "cpu")
     assert m.dtype == torch.bfloat16 and m.model.config._attn_implementation == "eager" and not m.model.training
 
 
@@ -188,7 +188,7 @@ def test_load_all_fills_the_registries(stdlib_loaded):
     assert {"capture", "evaluate", "patch"} <= set(spec.OPS)
     assert "ioi" in spec.DATASETS and {"logit_diff", "prob", "kl"} <= set(spec.METRICS)
     assert spec.OPS["patch"].default_chart == "heatmap" and spec.OPS["capture"].verb is None
-    assert "mechstudy.stdlib.models.gpt2" in stdlib_loaded
+    assert "mechstudy.stdlib.models.archs.gpt2" in stdlib_loaded
 
 
 def test_load_adapter_roundtrip(tiny_gpt2_dir):

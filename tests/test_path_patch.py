@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mechstudy.stdlib.models.sources  # noqa: F401  (HOOKS["load_model"])
+import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.path_patch  # noqa: F401  (registers the operator under test)
 import patch_refs as R
 from mechstudy.engine import spec
@@ -99,7 +99,7 @@ CASES = [
 def test_path_patching_equals_slow_reference(sender, receiver, metric, direction, freeze, tiny_adapter,
                                              tiny_model_artifact, ioi, ctx):
     params = dict(sender=sender, receiver=receiver, metric=metric, direction=direction, freeze_mlps=freeze)
-    out = spec.OPS["path_patch"].run({"model": tiny_model_artifact, "dataset": ioi}, params, ctx)
+    out = spec.OPS["path_patch"].execute({"model": tiny_model_artifact, "dataset": ioi}, params, ctx)
     values, effects = reference(tiny_adapter.model, ioi, sender, receiver, metric, direction, freeze)
     got = out.tensors["per_prompt"].reshape(-1, N_PROMPTS).double()
     assert got.shape == values.shape
@@ -109,7 +109,7 @@ def test_path_patching_equals_slow_reference(sender, receiver, metric, direction
 
 def test_no_path_from_a_later_sender(tiny_model_artifact, ioi, ctx):
     # A head in layer 1 cannot reach layer 1's queries, keys or values: the metric is the clean one.
-    out = spec.OPS["path_patch"].run({"model": tiny_model_artifact, "dataset": ioi},
+    out = spec.OPS["path_patch"].execute({"model": tiny_model_artifact, "dataset": ioi},
                                      dict(sender={"component": "heads", "layers": [1]},
                                           receiver={"component": "heads", "layers": [1]}, metric="logit_diff"), ctx)
     clean = out.tensors["clean"].double()
@@ -120,7 +120,7 @@ def test_no_path_from_a_later_sender(tiny_model_artifact, ioi, ctx):
 def test_direct_path_to_the_logits_by_hand(tiny_adapter, tiny_model_artifact, ioi, ctx):
     # With every other head and every MLP frozen, a sender head changes the final residual by
     # exactly (z_corrupted - z_clean) of that head through its rows of W_O; the logits follow.
-    out = spec.OPS["path_patch"].run({"model": tiny_model_artifact, "dataset": ioi},
+    out = spec.OPS["path_patch"].execute({"model": tiny_model_artifact, "dataset": ioi},
                                      dict(sender={"component": "heads"}, receiver=None, metric="logit_diff",
                                           freeze_mlps=True), ctx)
     model, t = tiny_adapter.model, ioi.tensors
@@ -151,7 +151,7 @@ def test_plan_and_endpoints(tiny_model_artifact, ioi, ctx):
     node = spec.OPS["path_patch"].plan({**base, "sender": {"component": "heads", "layers": (0,)}, "receiver": None}, b)
     assert {k: (n.param("site"), n.param("which")) for k, n in node.inputs if n.op == "capture"} == {
         "base_z": ("z", "clean"), "source": ("z", "corrupted")}
-    run = spec.OPS["path_patch"].run
+    run = spec.OPS["path_patch"].execute
     inputs = {"model": tiny_model_artifact, "dataset": ioi}
     # receivers without layers: every layer's heads
     every = run(inputs, dict(sender={"component": "heads", "layers": [0]}, receiver={"component": "v"}), ctx)

@@ -21,7 +21,7 @@ from mechstudy.stdlib.toy import charts, data, measure, train  # noqa: F401  (ch
 
 
 def train_toy(**params):
-    return spec.OPS["toy_superposition"].run({}, params, None)
+    return spec.OPS["toy_superposition"].execute({}, params, None)
 
 
 def best(art, sparsity, importance=1.0):

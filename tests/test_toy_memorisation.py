@@ -16,7 +16,7 @@ from mechstudy.stdlib.toy import charts, data, measure  # noqa: F401  (charts re
 
 @pytest.fixture(scope="module")
 def mem():
-    return spec.OPS["toy_memorisation"].run(
+    return spec.OPS["toy_memorisation"].execute(
         {}, {"n": 60, "m": 2, "sparsity": 0.95, "examples": [3, 5, 600], "steps": 1500}, None)
 
 
@@ -61,7 +61,7 @@ def test_training_sets_are_unit_norm_and_never_empty():
 
 
 def test_deterministic_and_each_T_independent_of_the_others():
-    run = spec.OPS["toy_memorisation"].run
+    run = spec.OPS["toy_memorisation"].execute
     p = {"n": 20, "m": 2, "sparsity": 0.9, "steps": 100}
     a = run({}, {**p, "examples": [3, 10]}, None)
     b = run({}, {**p, "examples": [3, 10]}, None)

@@ -9,8 +9,9 @@ A receiver's input gradient is a vector-Jacobian product inside the recorded gra
 
 - head (L, h): ``d metric / d z_L[:, :, h]`` pulled back to resid_pre L through the layer norm and
   head h's q, k and v only, i.e. the gradient at head h's private copy of its input;
-- MLP L: ``d metric / d mlp_out_L`` pulled back to resid_mid L through the MLP's layer norm and
-  the MLP only (the residual branch is not on that path);
+- MLP L: ``d metric / d mlp_out_L`` pulled back to what the MLP reads (resid_mid L in a
+  sequential block, resid_pre L in a parallel one) through the MLP's norm and the MLP only (the
+  residual branch is not on that path);
 - logits: ``d metric / d resid_post`` of the last layer (only the final norm and unembedding follow).
 """
 
@@ -94,7 +95,8 @@ def receiver_gradients(adapter: Any, ids: torch.Tensor, mask: torch.Tensor | Non
         edits += [Edit(Site(l, "resid_pre"), lp[l], mode="add"), Edit(Site(l, "z"), lz[l], mode="add"),
                   Edit(Site(l, "mlp_out"), lm[l], mode="add")]
     edits.append(Edit(Site(n - 1, "resid_post"), last, mode="add"))
-    capture = [Site(l, k) for l in range(n) for k in ("resid_pre", "z", "resid_mid", "mlp_out")]
+    mlp_reads = "resid_pre" if adapter.parallel else "resid_mid"
+    capture = list(dict.fromkeys(Site(l, k) for l in range(n) for k in ("resid_pre", "z", mlp_reads, "mlp_out")))
     out = adapter.forward(ids, mask, capture=capture, edits=edits, logits_at=answer_pos, grad=True)
     values = score(out.logits)
     g = torch.autograd.grad(values.sum(), lz + lm + [last], retain_graph=True)
@@ -108,7 +110,7 @@ def receiver_gradients(adapter: Any, ids: torch.Tensor, mask: torch.Tensor | Non
             only_h[:, :, h] = gz[l][:, :, h]
             per_head.append(torch.autograd.grad(z, pre, grad_outputs=only_h, retain_graph=True)[0])
         grads[attn_in_name(l)] = torch.stack(per_head, dim=2).detach()
-        mlp_out, mid = out.acts[Site(l, "mlp_out")], out.acts[Site(l, "resid_mid")]
+        mlp_out, mid = out.acts[Site(l, "mlp_out")], out.acts[Site(l, mlp_reads)]
         grads[mlp_in_name(l)] = torch.autograd.grad(mlp_out, mid, grad_outputs=gm[l], retain_graph=True)[0].detach()
     grads[logits_in_name(n)] = g_last.detach()
     return grads, values.detach()

@@ -1,4 +1,4 @@
-"""The component graph of a sequential transformer: the granularity of EAP and ACDC.
+"""The component graph of a pre-norm transformer: the granularity of EAP and ACDC.
 
 Senders write to the residual stream, receivers read from it, and there is an edge from every
 sender to every receiver that comes after it in the forward pass::
@@ -8,8 +8,11 @@ sender to every receiver that comes after it in the forward pass::
                layer norm into its q, k and v), m{L} (resid_mid L, read through the MLP's layer
                norm), logits (the final residual stream, read through the final layer norm)
 
-A head in layer L hears the input, every head and MLP of layers < L; the MLP of layer L also
-hears the heads of layer L (blocks are sequential: attention, then MLP); logits hear everyone.
+A head in layer L hears the input, every head and MLP of layers < L; in a sequential block the
+MLP of layer L also hears the heads of layer L (attention, then MLP), in a parallel block
+(GPT-NeoX's use_parallel_residual: both read the block's input) it does not; logits hear
+everyone. Under grouped-query attention a head receiver still has a private input, read into its
+own q and into the key/value head it uses (as if that head had its own copy of the shared one).
 Names follow the EAP/ACDC literature: "input", "a3.h2", "m3", "logits".
 
 >>> g = ComponentGraph.of(n_layers=2, n_heads=2)
@@ -19,6 +22,9 @@ Names follow the EAP/ACDC literature: "input", "a3.h2", "m3", "logits".
 ['input', 'a0.h0', 'a0.h1']
 >>> len(g.edges)  # 2*1 + 3 + 2*4 + 6 + 7
 26
+>>> p = ComponentGraph.of(n_layers=2, n_heads=2, parallel=True)
+>>> [c.name for c in p.parents(p.receiver("m0"))], len(p.edges)  # the MLP does not hear its own layer
+(['input'], 22)
 """
 
 from __future__ import annotations
@@ -65,10 +71,16 @@ class ComponentGraph:
 
     n_layers: int
     n_heads: int
+    parallel: bool = False
 
     @classmethod
-    def of(cls, n_layers: int, n_heads: int) -> "ComponentGraph":
-        return cls(int(n_layers), int(n_heads))
+    def of(cls, n_layers: int, n_heads: int, parallel: bool = False) -> "ComponentGraph":
+        return cls(int(n_layers), int(n_heads), bool(parallel))
+
+    @classmethod
+    def of_model(cls, adapter: object) -> "ComponentGraph":
+        """The graph of a loaded model (its layers, heads and block layout)."""
+        return cls.of(adapter.n_layers, adapter.n_heads, adapter.parallel)
 
     @cached_property
     def senders(self) -> tuple[Component, ...]:
@@ -113,7 +125,7 @@ class ComponentGraph:
         if r.kind == "head":
             return 1 + r.layer * per_layer
         if r.kind == "mlp":
-            return 1 + r.layer * per_layer + self.n_heads
+            return 1 + r.layer * per_layer + (0 if self.parallel else self.n_heads)
         return len(self.senders)
 
     def parents(self, r: Component) -> list[Component]:

@@ -8,8 +8,13 @@ output swapped for u's output on the corrupted prompts::
 The residual stream of the HF model is, by construction, the sum of every sender's actual output
 (plus biases), so this is exactly "every edge carries the current value except the removed ones".
 Receivers get their private inputs through pre-hooks on native modules: the final norm (logits),
-the MLP's norm (only the MLP reads it) and, for heads, the q/k/v projection, whose output columns of
-head h are recomputed from head h's own input. Nothing else of the forward is re-implemented.
+the MLP's norm (only the MLP reads it; in a parallel block its input is the block's input) and,
+for a head, its layer's attention module run again, natively, on the norm of the head's own input
+(one extra attention call for all of a layer's patched heads, stacked along the batch), of which
+only head h's z is kept. That works for every architecture the tables describe (fused or separate
+q/k/v projections, rotary or learned positions, grouped-query attention: a head's private input
+then also feeds a private copy of the key/value head it reads). Nothing of the forward is
+re-implemented.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from mechstudy.stdlib.circuits.arch import CircuitArch, head_outputs, module
 from mechstudy.stdlib.circuits.graph import ComponentGraph
+from mechstudy.stdlib.circuits.writes import head_outputs
 from mechstudy.stdlib.models.batching import chunks, trimmed
 from mechstudy.stdlib.models.sites import Site
 
@@ -92,13 +97,23 @@ def _with_hidden(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, d
     return args, {**kwargs, "hidden_states": new}
 
 
-def patched_logits(adapter: Any, graph: ComponentGraph, arch: CircuitArch, ids: torch.Tensor,
+def _repeat_rows(value: Any, batch: int, k: int) -> Any:
+    """Attention call arguments for k stacked copies of a batch: per-row tensors (first axis the
+    batch, at least 2-D: masks, position embeddings, position ids) repeated k times; the rest kept."""
+    if isinstance(value, torch.Tensor):
+        return value.repeat(k, *([1] * (value.ndim - 1))) if value.ndim >= 2 and value.shape[0] == batch else value
+    if isinstance(value, tuple):
+        return tuple(_repeat_rows(v, batch, k) for v in value)
+    return value
+
+
+def patched_logits(adapter: Any, graph: ComponentGraph, ids: torch.Tensor,
                    mask: torch.Tensor | None, answer_pos: torch.Tensor,
                    removed: Mapping[int, Sequence[int]], corrupted: Senders) -> torch.Tensor:
     """Logits [B, V] at `answer_pos` with the edges in `removed` (receiver index -> sender indices)
     carrying `corrupted` (sender outputs for exactly these rows, width >= the batch's) values."""
     removed = {v: list(us) for v, us in removed.items() if us}
-    n_layers, n_heads, d_head = adapter.n_layers, adapter.n_heads, adapter.d_head
+    table, n_layers, n_heads = adapter.table, adapter.n_layers, adapter.n_heads
     dev = adapter.device
     width = ids.shape[1]
     corrupted = Senders(corrupted.input[:, :width].to(dev), [h[:, :width].to(dev) for h in corrupted.heads],
@@ -106,7 +121,8 @@ def patched_logits(adapter: Any, graph: ComponentGraph, arch: CircuitArch, ids: 
     senders = [graph.senders[u] for us in removed.values() for u in us]
     need_heads = {c.layer for c in senders if c.kind == "head"}
     need_mlps = {c.layer for c in senders if c.kind == "mlp"}
-    cur: dict[str, Any] = {"pre": {}, "heads": {}, "mlps": {}}
+    cur: dict[str, Any] = {"pre": {}, "heads": {}, "mlps": {}, "call": {}}
+    inner: dict[str, Any] = {"on": False, "z": None}
 
     def current(c: Any) -> torch.Tensor:
         if c.kind == "input":
@@ -127,45 +143,69 @@ def patched_logits(adapter: Any, graph: ComponentGraph, arch: CircuitArch, ids: 
 
     for layer in range(n_layers):
         def keep_pre(mod, args, kwargs, layer=layer):
-            cur["pre"][layer] = _hidden(args, kwargs)
+            if not inner["on"]:
+                cur["pre"][layer] = _hidden(args, kwargs)
 
-        hooks.append((module(adapter, adapter.point("resid_pre").module, layer), "pre", keep_pre))
-        if layer in need_heads:
-            def keep_heads(mod, args, kwargs, layer=layer):
+        hooks.append((adapter.module(adapter.point("resid_pre").module, layer), "pre", keep_pre))
+        if layer in head_receivers:
+            def keep_call(mod, args, kwargs, layer=layer):
+                if not inner["on"]:
+                    cur["call"][layer] = (args, kwargs)
+
+            hooks.append((adapter.module(table.attention, layer), "pre", keep_call))
+        if layer in need_heads or layer in head_receivers:
+            def at_z(mod, args, kwargs, layer=layer):
                 z = _hidden(args, kwargs)
-                cur["heads"][layer] = head_outputs(adapter, layer, z.unflatten(-1, (n_heads, d_head)))
+                if inner["on"]:  # a private attention run of this layer: hand its z over
+                    inner["z"] = z
+                    return None
+                vs = head_receivers.get(layer)
+                if not vs:
+                    if layer in need_heads:
+                        cur["heads"][layer] = head_outputs(adapter, layer, z.unflatten(-1, (n_heads, -1)))
+                    return None
+                # Each patched head runs the layer's attention on the norm of its own input; all of
+                # them at once, stacked along the batch. Only its own head's z is kept.
+                batch, k = z.shape[0], len(vs)
+                x = torch.cat([cur["pre"][layer] + delta(v) for v in vs])  # [k*B, S, D]
+                a_args, a_kwargs = cur["call"][layer]
+                normed = adapter.module(table.attn_norm, layer).forward(x)
+                a_args = tuple(_repeat_rows(a, batch, k) for a in a_args)
+                a_kwargs = {n: _repeat_rows(a, batch, k) for n, a in a_kwargs.items()}
+                a_args, a_kwargs = _with_hidden(a_args, a_kwargs, normed)
+                inner["on"] = True
+                try:
+                    adapter.module(table.attention, layer).forward(*a_args, **a_kwargs)
+                finally:
+                    inner["on"] = False
+                fresh = inner["z"].unflatten(-1, (n_heads, -1)).unflatten(0, (k, batch))  # [k, B, S, H, dh]
+                out = z.unflatten(-1, (n_heads, -1)).clone()
+                for i, v in enumerate(vs):
+                    h = graph.receivers[v].head
+                    out[:, :, h] = fresh[i, :, :, h]
+                if layer in need_heads:  # as senders, the heads write what they computed in this run
+                    cur["heads"][layer] = head_outputs(adapter, layer, out)
+                return _with_hidden(args, kwargs, out.flatten(-2))
 
-            hooks.append((module(adapter, adapter.point("z").module, layer), "pre", keep_heads))
+            hooks.append((adapter.module(adapter.point("z").module, layer), "pre", at_z))
         if layer in need_mlps:
             def keep_mlp(mod, args, output, layer=layer):
-                cur["mlps"][layer] = output[0] if isinstance(output, tuple) else output
+                if not inner["on"]:
+                    cur["mlps"][layer] = output[0] if isinstance(output, tuple) else output
 
-            hooks.append((module(adapter, adapter.point("mlp_out").module, layer), "out", keep_mlp))
-        if layer in head_receivers:
-            def qkv_hook(mod, args, output, layer=layer):
-                vs = head_receivers[layer]
-                x = torch.stack([cur["pre"][layer] + delta(v) for v in vs])  # [k, B, S, D]
-                norm = module(adapter, arch.attn_norm, layer)
-                fresh = mod.forward(norm.forward(x))  # [k, B, S, 3D]: each head's own q, k, v
-                out = output.clone()
-                for i, v in enumerate(vs):
-                    cols = arch.qkv_columns(graph.receivers[v].head, n_heads, d_head).to(out.device)
-                    out[..., cols] = fresh[i][..., cols]
-                return out
-
-            hooks.append((module(adapter, arch.qkv, layer), "out", qkv_hook))
+            hooks.append((adapter.module(adapter.point("mlp_out").module, layer), "out", keep_mlp))
         v_mlp = graph.receiver_index(f"m{layer}")
         if v_mlp in removed:
             def mlp_in(mod, args, kwargs, v=v_mlp):
                 return _with_hidden(args, kwargs, _hidden(args, kwargs) + delta(v))
 
-            hooks.append((module(adapter, arch.mlp_norm, layer), "pre", mlp_in))
+            hooks.append((adapter.module(table.mlp_norm, layer), "pre", mlp_in))
     v_out = graph.receiver_index("logits")
     if v_out in removed:
         def final_in(mod, args, kwargs):
             return _with_hidden(args, kwargs, _hidden(args, kwargs) + delta(v_out))
 
-        hooks.append((module(adapter, arch.ln_final), "pre", final_in))
+        hooks.append((adapter.module(table.final_norm), "pre", final_in))
 
     with adapter._lock, torch.no_grad():
         handles = [m.register_forward_pre_hook(fn, with_kwargs=True) if kind == "pre" else m.register_forward_hook(fn)
@@ -177,7 +217,7 @@ def patched_logits(adapter: Any, graph: ComponentGraph, arch: CircuitArch, ids: 
                 h.remove()
 
 
-def run_patched(adapter: Any, graph: ComponentGraph, arch: CircuitArch, ids: torch.Tensor,
+def run_patched(adapter: Any, graph: ComponentGraph, ids: torch.Tensor,
                 mask: torch.Tensor | None, answer_pos: torch.Tensor, removed: Mapping[int, Sequence[int]],
                 corrupted: Senders, max_rows: int = 32) -> torch.Tensor:
     """`patched_logits` over a whole dataset in chunks of `max_rows` rows: [N, V] in the model's dtype."""
@@ -185,5 +225,5 @@ def run_patched(adapter: Any, graph: ComponentGraph, arch: CircuitArch, ids: tor
     for rows in chunks(ids.shape[0], max_rows):
         i, m = trimmed(ids, mask, rows)
         part = corrupted.take(rows, i.shape[1])
-        out.append(patched_logits(adapter, graph, arch, i, m, answer_pos[rows], removed, part))
+        out.append(patched_logits(adapter, graph, i, m, answer_pos[rows], removed, part))
     return torch.cat(out)

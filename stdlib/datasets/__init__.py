@@ -125,3 +125,32 @@ class Pairs:
     def ids(self, which: str) -> torch.Tensor:
         """"clean" or "corrupted" ids."""
         return {"clean": self.clean_ids, "corrupted": self.corrupted_ids}[which]
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The prompts of any dataset artifact, paired or not, right padded: ids and attention_mask
+    [N, S] (the clean prompts of a paired dataset), `read_pos` [N] the position each prompt is read
+    at (its answer position when the dataset has one, else its last real token), and `answer` [N]
+    (the expected next token, `io_id`) or None."""
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+    read_pos: torch.Tensor
+    answer: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, artifact: Any) -> "Prompts":
+        t = artifact.tensors
+        key = "clean_ids" if "clean_ids" in t else "input_ids" if "input_ids" in t else None
+        if key is None:
+            raise ValueError("the dataset has no prompts (clean_ids or input_ids)")
+        ids = torch.as_tensor(t[key]).long()
+        mask = torch.as_tensor(t["attention_mask"]).long() if "attention_mask" in t else torch.ones_like(ids)
+        pos = torch.as_tensor(t["answer_pos"]).long() if "answer_pos" in t else mask.sum(1) - 1
+        answer = torch.as_tensor(t["io_id"]).long() if "io_id" in t else None
+        return cls(ids, mask, pos, answer)
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.shape[0])

@@ -17,7 +17,7 @@ Example (see tests/test_gpt2_adapter.py for runnable ones)::
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import inspect
 import json
 import threading
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from mechstudy.stdlib.models.sites import HEAD_AXIS, ArchTable, HookPoint, Site, arch_for
+from mechstudy.stdlib.models.sites import SITE_KINDS, ArchTable, HookPoint, Site, arch_for
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,8 +79,8 @@ class Edit:
             m &= torch.arange(s, device=dev)[None, :] == rp[:, None]
         m = m.view(b, s, *([1] * (act.ndim - 2)))
         if self.heads is not None:
-            if self.site.kind != "z" or self.site.head is not None:
-                raise ValueError(f"`heads` needs a whole z site, not {self.site}")
+            if self.site.spec.head_axis != 2 or self.site.head is not None:
+                raise ValueError(f"`heads` needs a whole per-head site, not {self.site}")
             h = torch.zeros(act.shape[2], dtype=torch.bool, device=dev)
             h[torch.as_tensor(list(self.heads), dtype=torch.long, device=dev)] = True
             m = m & h.view(1, 1, -1, 1)
@@ -110,33 +110,31 @@ class _Task:
 
 
 class Adapter:
-    """A loaded HF causal LM plus its mapping table. Not thread-safe across hooks, so calls lock.
+    """A loaded HF model plus its architecture table. Hooks are registered per call, so calls lock.
+
+    Everything architecture-specific comes from the table (`sites.ArchTable`, pure data) and the
+    model's `ModelInfo`; there are no adapter subclasses.
 
     Attributes:
-        model, tokenizer, table, info (spec.ModelInfo), n_layers, n_heads, d_model, d_head, d_mlp.
+        model, tokenizer, table, info (spec.ModelInfo), n_layers, n_heads, n_kv_heads, d_model,
+        d_head, d_mlp, parallel, dims (axis sizes by name).
     """
 
     def __init__(self, model: Any, tokenizer: Any, table: ArchTable, config: Mapping[str, Any]) -> None:
+        if table.base_relative and model.base_model is not model:
+            table = _prefixed(table, model.base_model_prefix + ".")
         self.model = model
         self.tokenizer = tokenizer
         self.table = table
         self.info = table.info(config)
+        self.dims = self.info.dims
         self.n_layers, self.n_heads, self.d_model = self.info.n_layers, self.info.n_heads, self.info.d_model
-        self.d_head = self.d_model // self.n_heads
-        self.d_mlp = table.d_mlp(config)
+        self.n_kv_heads, self.d_head, self.d_mlp = self.info.n_kv_heads, self.info.d_head, self.info.d_mlp
+        self.parallel = self.info.parallel
         self._lock = threading.RLock()
         fwd = inspect.signature(type(model).forward).parameters
         self._native_keep = "logits_to_keep" in fwd
         self._takes_positions = "position_ids" in fwd
-
-    @classmethod
-    def load_model(cls, path: Path, dtype: torch.dtype, config: Mapping[str, Any]) -> Any:
-        """The HF model of a checkpoint directory, eager attention. An architecture that is not a
-        causal LM (an encoder) overrides this in its adapter subclass to pick its HF class."""
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=dtype,
-                                                    local_files_only=True)
 
     @property
     def device(self) -> torch.device:
@@ -147,27 +145,38 @@ class Adapter:
         return next(self.model.parameters()).dtype
 
     def sites(self, kind: str, layers: Iterable[int] | None = None) -> list[Site]:
-        """Every site of one kind, in layer order."""
+        """Every site of one kind, in layer order (the one site of a model-level kind)."""
+        if not SITE_KINDS[kind].per_layer:
+            return [Site(None, kind)]
         return [Site(l, kind) for l in (range(self.n_layers) if layers is None else layers)]
 
     def shape(self, site: Site, batch: int, seq: int) -> tuple[int, ...]:
         """The activation shape of `site` for a [batch, seq] input."""
-        if site.kind in ("z", "q", "k", "v"):
-            full: tuple[int, ...] = (batch, seq, self.n_heads, self.d_head)
-        elif site.kind == "pattern":
-            full = (batch, self.n_heads, seq, seq)
-        else:
-            full = (batch, seq, self.d_mlp if site.kind == "mlp_post" else self.d_model)
-        if site.head is not None:
-            ax = HEAD_AXIS[site.kind]
-            full = full[:ax] + full[ax + 1 :]
-        return full
+        return site.spec.shape(self.dims, batch, seq, site.head)
 
     def point(self, kind: str) -> HookPoint:
         try:
             return self.table.points[kind]
         except KeyError:
             raise LookupError(f"{self.table.arch} models have no {kind!r} site") from None
+
+    def module(self, path: str, layer: int | None = None) -> torch.nn.Module:
+        """A native module by dotted path (with `{layer}` formatted)."""
+        return self.model.get_submodule(path if layer is None else path.format(layer=layer))
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm applied to a residual-stream tensor [..., d_model] (native module)."""
+        if self.table.final_norm is None:
+            raise LookupError(f"{self.table.arch} models have no final norm")
+        return self.module(self.table.final_norm).forward(x)
+
+    def unembed(self, x: torch.Tensor, normed: bool = False) -> torch.Tensor:
+        """Logits [..., d_vocab] of a residual-stream tensor [..., d_model]: the final norm (unless
+        `normed`) then the unembedding, both native modules (the logit lens)."""
+        head = self.model.get_output_embeddings()
+        if head is None:
+            raise LookupError(f"this {self.table.arch} checkpoint has no unembedding")
+        return head(x if normed else self.final_norm(x))
 
     def forward(
         self,
@@ -195,6 +204,20 @@ class Adapter:
             grad: keep the autograd graph (for gradient-based methods).
         """
         capture, edits = list(capture), list(edits)
+        mids = [s for s in capture if s.kind == "resid_mid"] if self.parallel else []
+        if mids:
+            # Parallel blocks: no module holds resid_mid (see archs/neox.py); read it as the sum of
+            # resid_pre and attn_out, each captured after any edits at either site.
+            parts = {s: (Site(s.layer, "resid_pre"), Site(s.layer, "attn_out")) for s in mids}
+            inner = [s for s in capture if s.kind != "resid_mid"]
+            extra = [p for pair in parts.values() for p in pair if p not in inner]
+            out = self.forward(input_ids, attention_mask, capture=inner + extra, edits=edits, logits_at=logits_at,
+                               logits=logits, grad=grad)
+            for s, (pre, attn) in parts.items():
+                out.acts[s] = out.acts[attn] + out.acts[pre]  # HF's sequential order: attn + hidden
+            for p in extra:
+                out.acts.pop(p, None)
+            return out
         tasks = self._tasks(capture, edits)
         acts: dict[Site, torch.Tensor] = {}
         scratch: dict[Site, torch.Tensor] = {}
@@ -236,9 +259,6 @@ class Adapter:
                 out = out[:, 0]
         return Output(out if logits else None, acts)
 
-    def run_with_cache(self, input_ids, attention_mask=None, sites: Iterable[Site] = (), **kw) -> Output:
-        return self.forward(input_ids, attention_mask, capture=sites, **kw)
-
     def capture(self, input_ids, attention_mask=None, sites: Iterable[Site] = ()) -> dict[Site, torch.Tensor]:
         """Activations only; the forward stops after the deepest requested site."""
         return self.forward(input_ids, attention_mask, capture=sites, logits=False).acts
@@ -252,7 +272,7 @@ class Adapter:
 
         def task(site: Site) -> _Task:
             whole = site.whole
-            if whole.layer < 0 or whole.layer >= self.n_layers:
+            if whole.layer is not None and not 0 <= whole.layer < self.n_layers:
                 raise IndexError(f"{site}: layer out of range (model has {self.n_layers})")
             if whole not in by_site:
                 by_site[whole] = _Task(whole, self.point(whole.kind))
@@ -286,29 +306,47 @@ class Adapter:
 
     def _register(self, path, on, group, acts, scratch, state, stop):
         mod = self.model.get_submodule(path)
-        H = self.n_heads
 
         def process(t: torch.Tensor, task: _Task) -> torch.Tensor:
-            pt = task.point
+            pt, kind = task.point, task.site.spec
+            if pt.derive is not None:  # a quantity computed from the tensor, read only
+                value = DERIVE[pt.derive](mod, t)
+                for s in task.capture:
+                    acts[s] = value
+                    state["left"] -= 1
+                return t
+            n_heads = kind.n_units(self.dims) if pt.split_heads else 0
             whole = t
-            if pt.part is not None:  # one slice of a fused output (GPT-2's c_attn: [q | k | v])
+            if pt.part is not None:
                 i, n = pt.part
-                w = t.shape[-1] // n
-                t = t.narrow(-1, i * w, w)
-            view = t.unflatten(-1, (H, -1)) if pt.split_heads else t
+                if pt.per_head:  # [.., H * n * d] -> [.., H, n * d] -> this part: [.., H, d]
+                    blocks = t.unflatten(-1, (n_heads, -1))
+                    w = blocks.shape[-1] // n
+                    view = blocks.narrow(-1, i * w, w)
+                else:  # [.., n * W] -> [.., W] (a third of GPT-2's c_attn output)
+                    w = t.shape[-1] // n
+                    view = t.narrow(-1, i * w, w)
+                    view = view.unflatten(-1, (n_heads, -1)) if pt.split_heads else view
+            else:
+                view = t.unflatten(-1, (n_heads, -1)) if pt.split_heads else t
             for e, base in task.edits:
                 view = _apply(view, e, scratch.get(base) if base is not None else None)
             if task.keep:
                 scratch[task.site] = view
             for s in task.capture:
-                a = view if s.head is None else view.select(HEAD_AXIS[s.kind], s.head)
+                a = view if s.head is None else view.select(kind.head_axis, s.head)
                 acts[s] = a
                 state["left"] -= 1
+            if pt.part is not None and not task.edits:
+                return whole  # read only: the fused output passes through untouched
+            if pt.part is not None and pt.per_head:
+                blocks = whole.unflatten(-1, (n_heads, -1))
+                return torch.cat([blocks.narrow(-1, 0, i * w), view,
+                                  blocks.narrow(-1, (i + 1) * w, blocks.shape[-1] - (i + 1) * w)], -1).flatten(-2)
             out = view.flatten(-2) if pt.split_heads else view
             if pt.part is not None:
-                if not task.edits:
-                    return whole  # read only: the fused output passes through untouched
-                return torch.cat([whole.narrow(-1, 0, i * w), out, whole.narrow(-1, (i + 1) * w, whole.shape[-1] - (i + 1) * w)], -1)
+                return torch.cat([whole.narrow(-1, 0, i * w), out,
+                                  whole.narrow(-1, (i + 1) * w, whole.shape[-1] - (i + 1) * w)], -1)
             return out
 
         def finish() -> None:
@@ -345,9 +383,40 @@ class Adapter:
         return mod.register_forward_hook(hook)
 
 
+def is_layer_norm(norm: torch.nn.Module) -> bool:
+    """True for a centring LayerNorm, False for an RMS norm (no centring, maybe no bias)."""
+    return isinstance(norm, torch.nn.LayerNorm)
+
+
+def norm_eps(norm: torch.nn.Module) -> float:
+    return float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
+
+
+def norm_scale(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What `norm` divides its input x [..., D] by: sigma (LayerNorm) or the root mean square (RMS
+    norm), each with the norm's epsilon, [..., 1], in x's dtype (the norm's own computation may
+    upcast; this is the exact quantity in the input's precision)."""
+    if is_layer_norm(norm):
+        return (x.var(-1, unbiased=False, keepdim=True) + norm_eps(norm)).sqrt()
+    return (x.pow(2).mean(-1, keepdim=True) + norm_eps(norm)).sqrt()
+
+
+DERIVE = {"norm_scale": norm_scale}
+
+
+def _prefixed(table: ArchTable, prefix: str) -> ArchTable:
+    """The table with every module path prefixed (an encoder wrapped by a task head)."""
+    def p(path: str | None) -> str | None:
+        return None if path is None else prefix + path
+
+    points = {k: dataclasses.replace(pt, module=prefix + pt.module) for k, pt in table.points.items()}
+    return dataclasses.replace(table, points=points, attention=p(table.attention), attn_norm=p(table.attn_norm),
+                               mlp_norm=p(table.mlp_norm), final_norm=p(table.final_norm))
+
+
 def _apply(act: torch.Tensor, e: Edit, base: torch.Tensor | None) -> torch.Tensor:
     """One edit on an activation [B, S, ...]; `base` is subtracted from a replace (write_via)."""
-    sel = None if e.site.head is None else HEAD_AXIS.get(e.site.kind)
+    sel = None if e.site.head is None else e.site.spec.head_axis
     target = act if sel is None else act.select(sel, e.site.head)
     value = torch.as_tensor(e.value, device=act.device)
     if value.dtype != act.dtype:
@@ -368,18 +437,17 @@ def _apply(act: torch.Tensor, e: Edit, base: torch.Tensor | None) -> torch.Tenso
 
 
 def load_adapter(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Adapter:
-    """Load a local HF model directory with eager attention, in eval mode, as an Adapter."""
+    """Load a local HF model directory with eager attention, in eval mode, as an Adapter. The
+    architecture table says which transformers Auto class loads it."""
+    import transformers
     from transformers import AutoTokenizer
 
     path = Path(path)
     cfg = json.loads((path / "config.json").read_text())
     table = arch_for(cfg.get("model_type", "?"))
     torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    cls = Adapter
-    if table.adapter:
-        mod, _, name = table.adapter.partition(":")
-        cls = getattr(importlib.import_module(mod), name)
-    model = cls.load_model(path, torch_dtype, cfg)
+    auto = getattr(transformers, table.auto_class(cfg))
+    model = auto.from_pretrained(path, attn_implementation="eager", dtype=torch_dtype, local_files_only=True)
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return cls(model, tok, table, cfg)
+    return Adapter(model, tok, table, cfg)

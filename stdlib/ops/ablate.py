@@ -24,25 +24,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
 import torch
 
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib import interventions as iv
-from mechstudy.stdlib import metrics
 from mechstudy.stdlib.datasets import Pairs
-from mechstudy.stdlib.models.sites import Site
-from mechstudy.stdlib.ops.capture import capture
+from mechstudy.stdlib.models.sites import Site, component
 
 METHODS = ("zero", "mean", "resample")
+COMPONENTS = iv.words(lambda k: k.per_layer and k.write is not None)
 
 
 def masked_mean(act: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
     """Mean over prompts [1, ...] of `act` [N, ...], per position, over the prompts real there.
 
-    The sequence axis is 1 (2 for a pattern's query rows); padded entries are zero already."""
-    axis = 2 if kind == "pattern" else 1
+    The first sequence axis of the kind is averaged per position (a pattern's query rows); padded
+    entries are zero already."""
+    axis = Site(0, kind).spec.seq_axes[0]
     real = mask.to(act.dtype).view(mask.shape[0], *[mask.shape[1] if d == axis else 1 for d in range(1, act.ndim)])
     return (act * real).sum(0, keepdim=True) / real.sum(0, keepdim=True).clamp(min=1)
 
@@ -72,36 +71,26 @@ def ablation_values(kind: str, method: str, acts: dict[int, torch.Tensor], mask:
     return {l: a[order] for l, a in acts.items()}
 
 
-def _captures(params: dict) -> dict[str, tuple[str, str]]:
+def captures(params: dict) -> dict[str, tuple[str, str]]:
     """Input name -> (site kind, clean | corrupted) of the captures a statement reads."""
-    kind = iv.component(params["component"]).kind
-    method = params.get("method", "mean")
+    kind = component(params["component"]).kind.name
+    method = params["method"]
     if method == "zero":
         return {}
-    which = "corrupted" if method == "resample" else params.get("mean_of", "clean")
+    which = "corrupted" if method == "resample" else params["mean_of"]
     out = {"source": (kind, which)}
     if kind == "pattern":  # z = pattern @ v with the clean run's own values
         out["values"] = ("v", "clean")
     return out
 
 
-def _plan(params: dict, b: Any) -> Any:
-    m, d = params["model"], params["dataset"]
-    inputs = {"model": m, "dataset": d}
-    for name, (site, which) in _captures(params).items():
-        inputs[name] = b.node("capture", {"site": site, "which": which}, {"model": m, "dataset": d})
-    keyed = {k: v for k, v in params.items() if k not in ("model", "dataset")}
-    keyed["positions"] = iv.default_positions(params["component"], params.get("positions"))
-    return b.node("ablate", keyed, inputs)
-
-
 @spec.operator(
     "ablate",
     version=1,
     verb="ablate",
-    components=tuple(iv.COMPONENTS),
+    components=COMPONENTS,
     params=[
-        Param("component", str, choices=tuple(iv.COMPONENTS), doc="what to knock out"),
+        Param("component", str, choices=COMPONENTS, doc="what to knock out"),
         Param("component_index", list, None, doc="heads or neurons to sweep (`neurons 10..20`); default all"),
         Param("layers", spec.LAYERS, "all", doc="layers to sweep"),
         Param("positions", spec.POSITIONS, None, doc="default: all (per head / neuron), each (the others)"),
@@ -113,10 +102,11 @@ def _plan(params: dict, b: Any) -> Any:
         Param("seed", int, 0, doc="resample permutation seed"),
     ],
     output="table",
-    plan=_plan,
+    plan=lambda params, b: iv.plan_sweep("ablate", params, b, captures(params)),
     uses_model=True,
     default_chart="heatmap",
     requires=frozenset({"corrupted"}),
+    model_features=frozenset({"causal", "lm_head"}),
     example="ablate heads in all layers of m on ioi with logit_diff using mean",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
@@ -124,46 +114,23 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     adapter = ctx.model(inputs["model"])
     dataset = inputs["dataset"]
     pairs = Pairs.of(dataset)
-    word, metric, method = params["component"], params.get("metric", "logit_diff"), params.get("method", "mean")
-    kind = iv.component(word).kind
+    word, metric, method = params["component"], params["metric"], params["method"]
+    kind = component(word).kind.name
     n, width = pairs.n, int(pairs.clean_ids.shape[1])
-
-    def acts_of(name: str, site: str, which: str) -> dict[int, torch.Tensor]:
-        art = inputs.get(name)
-        named = art.tensors if art is not None else capture(adapter, dataset, site, which, ctx.max_rows)
-        return {l: torch.as_tensor(named[Site(l, site).name]) for l in range(adapter.n_layers)}
-
-    caps = {name: acts_of(name, site, which) for name, (site, which) in _captures(params).items()}
-    write = iv.write_kind(kind)
+    caps = {name: iv.read_or_capture(inputs, name, adapter, dataset, k, which, ctx.max_rows)
+            for name, (k, which) in captures(params).items()}
+    write = iv.write_kind(word)
     if method == "zero":  # a zero pattern gives a zero head output: zero z
         zeros = torch.zeros(()).expand(adapter.shape(Site(0, write), n, width))
         source = {l: zeros for l in range(adapter.n_layers)}
     else:
-        source = ablation_values(kind, method, caps["source"], pairs.attention_mask, params.get("seed", 0))
-        if kind == "pattern":
-            source = {l: iv.pattern_as_z(p, caps["values"][l]) for l, p in source.items()}
-
-    positions = iv.default_positions(word, params.get("positions"))
-    unit_ids = iv.units(word, adapter, params.get("component_index"))
-    g = iv.grid(word, params.get("layers", "all"), positions, adapter.n_layers, unit_ids, width)
+        values = ablation_values(kind, method, caps["source"], pairs.attention_mask, params["seed"])
+        source = iv.source_values(word, values, caps.get("values"), adapter.n_heads)
+    positions = iv.default_positions(word, params["positions"])
+    unit_ids = iv.units(word, adapter, params["component_index"])
+    g = iv.grid(word, params["layers"], positions, adapter.n_layers, unit_ids, width)
     clean_logits, m_clean, m_corr = iv.baselines(adapter, pairs, metric, ctx.max_rows)
     per_prompt = iv.sweep(adapter, pairs, write, source, g, metric, "clean", clean_logits, ctx.max_rows)
-    ablated = per_prompt.mean(1)
-    clean_mean, corr_mean = m_clean.mean().item(), m_corr.mean().item()
-    effect = metrics.normalise(ablated, clean_mean, corr_mean)
-
-    cols = iv.table_columns(word, g, positions)
-    cols.update(effect=effect.tolist(), ablated=ablated.tolist(), change=(ablated - clean_mean).tolist())
-    shape = g.shape
-    return Artifact(
-        tensors={"effect": effect.float().view(shape).contiguous(), "ablated": ablated.float().view(shape).contiguous(),
-                 "per_prompt": per_prompt.float().view(*shape, n).contiguous(),
-                 "clean": m_clean.float(), "corrupted": m_corr.float()},
-        tables={"result": pl.DataFrame(cols)},
-        data={"component": word, "site": kind, "method": method, "metric": metric, "positions": positions,
-              "axes": g.axes, "shape": shape, "clean_mean": clean_mean, "corrupted_mean": corr_mean,
-              "chart": iv.chart_hints(g),
-              "headline": [{"label": f"{metric}, clean", "value": clean_mean},
-                           {"label": f"{metric}, corrupted", "value": corr_mean,
-                            "detail": "effect = (ablated - corrupted) / (clean - corrupted)"}, {"label": "ablation", "value": method}],},
-    )
+    return iv.sweep_result(word, g, positions, per_prompt, m_clean, m_corr, "ablated",
+                           {"component": word, "site": kind, "method": method, "metric": metric, "positions": positions},
+                           extra={"change": lambda raw, clean: raw - clean}, headline={"ablation": method})

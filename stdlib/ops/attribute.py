@@ -31,31 +31,23 @@ import torch
 
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
+from mechstudy.stdlib import interventions as iv
 from mechstudy.stdlib import metrics
 from mechstudy.stdlib.datasets import Pairs
-from mechstudy.stdlib.models.sites import Site
+from mechstudy.stdlib.models.sites import Site, component, words
 
-# The words of `patch` (attention patterns excepted: no module sees them before they are used, so
-# they cannot carry a gradient edit).
-COMPONENT_SITE = {"heads": "z", "q": "q", "k": "k", "v": "v", "neurons": "mlp_post",
-                  "resid": "resid_pre", "resid_pre": "resid_pre", "resid_mid": "resid_mid", "resid_post": "resid_post",
-                  "attn": "attn_out", "attn_out": "attn_out", "mlp": "mlp_out", "mlp_out": "mlp_out"}
-UNIT = {"heads": "head", "q": "head", "k": "head", "v": "head", "neurons": "neuron"}  # one value per unit
+# The words of `patch` whose kinds carry a gradient (attention patterns excepted: no module sees
+# them before they are used, so they cannot take a gradient edit).
+COMPONENTS = words(lambda k: k.per_layer and k.grad)
 
 
-def default_positions(component: str, positions: Any) -> Any:
-    """As `patch`: "all" for per-head and per-neuron components, "each" for the others."""
-    if positions is None:
-        return "all" if component in UNIT else "each"
-    return positions
-
-
-def per_position(clean: torch.Tensor, corrupted: torch.Tensor, grad: torch.Tensor, component: str,
+def per_position(clean: torch.Tensor, corrupted: torch.Tensor, grad: torch.Tensor, word: str,
                  direction: str) -> torch.Tensor:
-    """(a_patched_in - a_base) . grad per prompt and position: [N, S] (+ [H] or [d_mlp]), float64."""
+    """(a_patched_in - a_base) . grad per prompt and position: [N, S] (+ [units]), float64. A
+    per-head kind sums over d_head; a neuron is its own unit; a whole-width kind sums over d_model."""
     diff = (clean.double() - corrupted.double()) if direction == "denoising" else (corrupted.double() - clean.double())
     prod = diff * grad.double()
-    return prod if component == "neurons" else prod.sum(-1)
+    return prod if component(word).unit == "neuron" else prod.sum(-1)
 
 
 def select_positions(x: torch.Tensor, positions: Any, answer_pos: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -73,27 +65,29 @@ def select_positions(x: torch.Tensor, positions: Any, answer_pos: torch.Tensor) 
     return out, True
 
 
+def gradient_run(direction: str) -> str:
+    """The run the gradient is taken at: the one patched into."""
+    return "corrupted" if direction == "denoising" else "clean"
+
+
 def _plan(params: dict, b: Any) -> Any:
     """Shared captures (as `patch` plans them) and a shared gradient node, then this node."""
-    kind = COMPONENT_SITE[params["component"]]
-    base = "corrupted" if params.get("direction", "denoising") == "denoising" else "clean"
-    m, d = params["model"], params["dataset"]
-    io = {"model": m, "dataset": d}
-    clean = b.node("capture", {"site": kind, "which": "clean"}, io)
-    corrupted = b.node("capture", {"site": kind, "which": "corrupted"}, io)
-    grad = b.node("gradient", {"site": kind, "which": base, "metric": params.get("metric", "logit_diff")}, io)
-    keyed = {k: v for k, v in params.items() if k not in ("model", "dataset")}
-    keyed["positions"] = default_positions(params["component"], params.get("positions"))
-    return b.node("attribute", keyed, {"dataset": d, "clean": clean, "corrupted": corrupted, "gradient": grad})
+    kind = component(params["component"]).kind.name
+    grad = b.node("gradient", {"site": kind, "which": gradient_run(params["direction"]), "metric": params["metric"],
+                               "model": params["model"], "dataset": params["dataset"]})
+    caps = iv.plan_captures(b, params, {"clean": (kind, "clean"), "corrupted": (kind, "corrupted")})
+    own = {k: v for k, v in params.items() if k != "model"}  # the attribution itself needs no model
+    return b.node("attribute", {**own, **caps, "gradient": grad,
+                                "positions": iv.default_positions(params["component"], params["positions"])})
 
 
 @spec.operator(
     "attribute",
     version=1,
     verb="attribute",
-    components=tuple(COMPONENT_SITE),
+    components=COMPONENTS,
     params=[
-        Param("component", str, choices=tuple(COMPONENT_SITE), doc="what to attribute"),
+        Param("component", str, choices=COMPONENTS, doc="what to attribute"),
         Param("component_index", list, None, doc="neurons only: which neurons (default: all)"),
         Param("layers", spec.LAYERS, "all", doc="layers to report"),
         Param("positions", spec.POSITIONS, None, doc="default: all (heads, neurons), each (the others)"),
@@ -106,25 +100,30 @@ def _plan(params: dict, b: Any) -> Any:
     output="table",
     plan=_plan,
     default_chart="heatmap",
+    requires=frozenset({"corrupted"}),
+    model_features=frozenset({"causal", "lm_head"}),
     example="attribute heads in all layers of m on ioi with logit_diff",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """Attribution patching: (clean - corrupted) . gradient, per component, as a patching estimate."""
     pairs = Pairs.of(inputs["dataset"])
-    component, direction = params["component"], params.get("direction", "denoising")
-    kind, unit = COMPONENT_SITE[component], UNIT.get(component)
-    positions = default_positions(component, params.get("positions"))
+    word, direction = params["component"], params["direction"]
+    kind = component(word).kind
+    unit = kind.unit
+    positions = iv.default_positions(word, params["positions"])
     grad_art = inputs["gradient"]
     n_layers = sum(1 for k in grad_art.tensors if not k.startswith("metric_"))  # one tensor per layer
-    given = params.get("layers", "all")
+    given = params["layers"]
     layers = list(range(n_layers)) if given in (None, "all") else [int(l) for l in given]
-    index = params.get("component_index")
+    index = params["component_index"]
+    if index is not None and unit != "neuron":
+        raise ValueError(f"component {word!r} takes no index here (only neurons)")
     per_layer = []
     for layer in layers:
-        name = Site(layer, kind).name
+        name = Site(layer, kind.name).name
         x = per_position(inputs["clean"].tensors[name], inputs["corrupted"].tensors[name],
-                         grad_art.tensors[name], component, direction)
-        if unit == "neuron" and index is not None:
+                         grad_art.tensors[name], word, direction)
+        if index is not None:
             x = x[..., torch.as_tensor([int(i) for i in index], dtype=torch.long)]
         x, pos_axis = select_positions(x, positions, pairs.answer_pos)
         per_layer.append(x)
@@ -148,8 +147,8 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     elif unit is None:
         cols["position"] = [positions] * grid.shape[0]  # one column: "all" or "last", as patch writes it
     if unit is not None:
-        units = list(range(shape[-1])) if index is None or unit == "head" else [int(i) for i in index]
-        cols[unit] = [units[i] for i in grid[:, -1].tolist()]
+        unit_ids = list(range(shape[-1])) if index is None else [int(i) for i in index]
+        cols[unit] = [unit_ids[i] for i in grid[:, -1].tolist()]
         axes.append(unit)
     cols.update(effect=effect.reshape(-1).tolist(), patched=patched.reshape(-1).tolist(),
                 attribution=attribution.reshape(-1).tolist())
@@ -161,7 +160,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
                  "attribution": attribution.float().contiguous(), "per_prompt": per_prompt.float().contiguous(),
                  "clean": m_clean.float(), "corrupted": m_corr.float()},
         tables={"result": pl.DataFrame(cols)},
-        data={"component": component, "site": kind, "direction": direction, "metric": grad_art.data.get("metric"),
+        data={"component": word, "site": kind.name, "direction": direction, "metric": grad_art.data.get("metric"),
               "positions": positions, "axes": axes, "shape": shape, "clean_mean": clean_mean,
               "corrupted_mean": corr_mean, "method": "attribution patching", "chart": chart,
               "headline": [{"label": "metric, clean", "value": clean_mean}, {"label": "metric, corrupted",

@@ -28,10 +28,10 @@ import torch
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib import metrics
-from mechstudy.stdlib.circuits.arch import circuit_arch
 from mechstudy.stdlib.circuits.gradients import attn_in_name, logits_in_name, mlp_in_name
 from mechstudy.stdlib.circuits.graph import ComponentGraph
 from mechstudy.stdlib.circuits.patching import sender_outputs
+from mechstudy.stdlib.circuits.writes import require_residual_stream
 from mechstudy.stdlib.datasets import Pairs
 from mechstudy.stdlib.models.batching import chunks
 
@@ -64,12 +64,10 @@ def edge_scores(delta: torch.Tensor, grad: torch.Tensor, graph: ComponentGraph, 
 
 
 def _plan(params: dict, b: Any) -> Any:
-    base = "corrupted" if params.get("direction", "denoising") == "denoising" else "clean"
-    m, d = params["model"], params["dataset"]
-    grad = b.node("gradient", {"site": "receivers", "which": base, "metric": params.get("metric", "logit_diff"),
-                               "ig_steps": int(params.get("ig_steps", 1))}, {"model": m, "dataset": d})
-    keyed = {k: v for k, v in params.items() if k not in ("model", "dataset")}
-    return b.node("attribute_edges", keyed, {"model": m, "dataset": d, "gradient": grad})
+    base = "corrupted" if params["direction"] == "denoising" else "clean"
+    grad = b.node("gradient", {"site": "receivers", "which": base, "metric": params["metric"],
+                               "ig_steps": params["ig_steps"], "model": params["model"], "dataset": params["dataset"]})
+    return b.node("attribute_edges", {**params, "gradient": grad})
 
 
 @spec.operator(
@@ -90,15 +88,17 @@ def _plan(params: dict, b: Any) -> Any:
     plan=_plan,
     uses_model=True,
     default_chart="graph",
+    requires=frozenset({"corrupted"}),
+    model_features=frozenset({"causal", "lm_head", "residual_stream"}),
     example="attribute edges of m on ioi with logit_diff ig_steps=5",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """Edge attribution patching: every edge's first-order patching estimate (EAP, EAP-IG)."""
     adapter = ctx.model(inputs["model"])
-    circuit_arch(adapter)  # a clear error for architectures the component graph does not describe
+    require_residual_stream(adapter, "edge attribution patching")
     pairs = Pairs.of(inputs["dataset"])
-    graph = ComponentGraph.of(adapter.n_layers, adapter.n_heads)
-    direction = params.get("direction", "denoising")
+    graph = ComponentGraph.of_model(adapter)
+    direction = params["direction"]
     grad_art = inputs["gradient"]
     clean = sender_outputs(adapter, pairs.clean_ids, pairs.attention_mask, ctx.max_rows).stacked()
     corrupted = sender_outputs(adapter, pairs.corrupted_ids, pairs.attention_mask, ctx.max_rows).stacked()
@@ -117,7 +117,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
         "score": [w for _, _, w in edges],
         "effect": [metrics.normalise(base + w, m_clean, m_corr) for _, _, w in edges],
     })
-    nodes, top = graph.tables(edges[: max(0, int(params.get("top", 30)))])
+    nodes, top = graph.tables(edges[: max(0, int(params["top"]))])
     mask = torch.zeros_like(scores, dtype=torch.bool)
     for u, v in graph.edges:
         mask[u, v] = True

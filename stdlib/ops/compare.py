@@ -56,8 +56,7 @@ def _plan(params: dict, b: Any) -> Any:
         raise ValueError("compare takes results with one node each (not sweeps)")
     a, c = first.op, second.op
     labels = [a, c if c != a else f"{c}_2"]
-    keyed = {k: v for k, v in params.items() if k not in ("result", "metric")}
-    return b.node("compare", {**keyed, "labels": labels}, {"result": first, "metric": second})
+    return b.node("compare", {**params, "labels": labels})
 
 
 @spec.operator(
@@ -68,6 +67,7 @@ def _plan(params: dict, b: Any) -> Any:
         Param("result", spec.RESULT, doc="the first result (e.g. attribution patching)"),
         Param("metric", spec.RESULT, doc="`with NAME`: the result to compare it with (e.g. activation patching)"),
         Param("top", int, 5, doc="k of the top-k overlap"),
+        Param("labels", list, None, doc="names of the two value columns (set by the plan: the producing operators)"),
     ],
     output="table",
     plan=_plan,
@@ -79,7 +79,7 @@ def _plan(params: dict, b: Any) -> Any:
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """Join two results on their shared keys; Spearman and Pearson correlation of their values."""
     a, b = inputs["result"].tables["result"], inputs["metric"].tables["result"]
-    labels = list(params.get("labels") or ["first", "second"])  # set by the plan: the producing ops' names
+    labels = list(params["labels"] or ["first", "second"])  # set by the plan: the producing ops' names
     keys = [k for k in KEYS if k in a.columns and k in b.columns and a.schema[k] == b.schema[k]]
     if not keys:
         raise ValueError(f"compare: the results share no key column (first has {a.columns}, second {b.columns})")
@@ -89,7 +89,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     unit = pl.concat_str([pl.lit(f"{k}=") + pl.col(k).cast(pl.Utf8) for k in keys], separator=" ")
     joined = joined.with_columns(unit.alias("unit")).select(["unit", *keys, *labels])
     x, y = joined.get_column(labels[0]), joined.get_column(labels[1])
-    k = max(1, int(params.get("top", 5)))
+    k = max(1, int(params["top"]))
     top_a = set(joined.sort(pl.col(labels[0]).abs(), descending=True).head(k).get_column("unit").to_list())
     top_b = set(joined.sort(pl.col(labels[1]).abs(), descending=True).head(k).get_column("unit").to_list())
     summary = {"spearman": spearman(x, y), "pearson": pearson(x, y), "n": joined.height,

@@ -34,10 +34,10 @@ import torch
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib import metrics
-from mechstudy.stdlib.circuits.arch import circuit_arch
 from mechstudy.stdlib.circuits.graph import ComponentGraph
 from mechstudy.stdlib.circuits.patching import run_patched, sender_outputs
 from mechstudy.stdlib.circuits.scores import metric_rows
+from mechstudy.stdlib.circuits.writes import require_residual_stream
 from mechstudy.stdlib.datasets import Pairs
 from mechstudy.stdlib.ops.evaluate import baselines
 
@@ -101,15 +101,17 @@ def task_metric(values: Callable[[str, torch.Tensor], torch.Tensor], logits: tor
     output="graph",
     uses_model=True,
     default_chart="graph",
+    requires=frozenset({"corrupted"}),
+    model_features=frozenset({"causal", "lm_head", "residual_stream"}),
     example="discover circuit of m on ioi with kl threshold 0.01",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """ACDC: prune the edges of the head/MLP graph whose removal hardly changes the metric."""
     adapter = ctx.model(inputs["model"])
-    arch = circuit_arch(adapter)
+    require_residual_stream(adapter, "ACDC")
     pairs = Pairs.of(inputs["dataset"])
-    metric, threshold = params.get("metric", "kl"), float(params.get("threshold", 0.01))
-    graph = ComponentGraph.of(adapter.n_layers, adapter.n_heads)
+    metric, threshold = params["metric"], float(params["threshold"])
+    graph = ComponentGraph.of_model(adapter)
     mask, ids = pairs.attention_mask, pairs.clean_ids
     corrupted = sender_outputs(adapter, pairs.corrupted_ids, mask, ctx.max_rows)
     clean_logits, corrupted_logits = baselines(adapter, pairs, ctx.max_rows)
@@ -122,7 +124,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
 
     def circuit_logits(removed: dict[int, list[int]]) -> torch.Tensor:
         forwards[0] += 1
-        return run_patched(adapter, graph, arch, ids, mask, pairs.answer_pos, removed, corrupted, ctx.max_rows)
+        return run_patched(adapter, graph, ids, mask, pairs.answer_pos, removed, corrupted, ctx.max_rows)
 
     def damage(removed: dict[int, list[int]]) -> float:
         m = values(metric, circuit_logits(removed)).mean().item()
@@ -130,7 +132,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
 
     removed, records = acdc(graph, damage, threshold, ctx.log)
     final = circuit_logits(removed)
-    task = params.get("faithfulness") or task_metric(values, clean_logits, metric)
+    task = params["faithfulness"] or task_metric(values, clean_logits, metric)
     ld = {k: values(task, x).mean().item() for k, x in
           (("circuit", final), ("full", clean_logits), ("corrupted", corrupted_logits))}
     kl_circuit = values("kl", final).mean().item()

@@ -52,7 +52,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """The metric's value on the clean and on the corrupted prompts (mean and per prompt)."""
     adapter = ctx.model(inputs["model"])
     pairs = Pairs.of(inputs["dataset"])
-    metric = params.get("metric", "logit_diff")
+    metric = params["metric"]
     clean, corrupted = evaluate(adapter, pairs, metric, ctx.max_rows)
     summary = pl.DataFrame({
         "run": ["clean", "corrupted"],

@@ -27,9 +27,10 @@ from mechstudy.stdlib.circuits.gradients import receiver_gradients, site_gradien
 from mechstudy.stdlib.circuits.scores import metric_rows, scorer
 from mechstudy.stdlib.datasets import Pairs
 from mechstudy.stdlib.models.batching import chunks, trimmed
-from mechstudy.stdlib.models.sites import Site
+from mechstudy.stdlib.models.sites import SITE_KINDS, Site
 
-SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "mlp_post", "receivers")
+# Every kind a gradient can be read at (the vocabulary's `grad`), or the graph's receiver inputs.
+SITES = (*(k for k, v in SITE_KINDS.items() if v.grad and v.per_layer), "receivers")
 
 
 def gradients(adapter: Any, pairs: Pairs, site: str, which: str, metric: str, ig_steps: int = 1,
@@ -97,8 +98,8 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """Gradients of a metric at every layer of a site kind (or the graph's receivers), per prompt."""
     adapter = ctx.model(inputs["model"])
     pairs = Pairs.of(inputs["dataset"])
-    site, which = params["site"], params.get("which", "corrupted")
-    metric, steps = params.get("metric", "logit_diff"), int(params.get("ig_steps", 1))
+    site, which = params["site"], params["which"]
+    metric, steps = params["metric"], int(params["ig_steps"])
     grads, clean, corrupted = gradients(adapter, pairs, site, which, metric, steps, ctx.max_rows)
     return Artifact(
         tensors={**grads, "metric_clean": clean, "metric_corrupted": corrupted},

@@ -29,9 +29,10 @@ import torch
 
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
-from mechstudy.stdlib.circuits.arch import attn_bias, circuit_arch, head_outputs, module
 from mechstudy.stdlib.circuits.graph import head_name, mlp_name
+from mechstudy.stdlib.circuits.writes import attn_bias, head_outputs, require_residual_stream
 from mechstudy.stdlib.datasets import Pairs
+from mechstudy.stdlib.models.base import is_layer_norm
 from mechstudy.stdlib.models.batching import chunks, trimmed
 from mechstudy.stdlib.models.sites import Site
 
@@ -42,11 +43,12 @@ APPROXIMATION = ("frozen final-norm scale: sigma of the final layer norm is take
 def dla_terms(adapter: Any, ids: torch.Tensor, mask: torch.Tensor | None, answer_pos: torch.Tensor,
               io: torch.Tensor, s: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(term names, DLA of each term [T, B] float64, actual logit difference [B] float64) for a batch."""
-    arch = circuit_arch(adapter)
+    require_residual_stream(adapter, "direct logit attribution")
     n, dev = adapter.n_layers, adapter.device
     sites = [Site(0, "resid_pre")] + [Site(l, k) for l in range(n) for k in ("z", "mlp_out")]
+    scale = Site(None, "ln_final_scale")  # the frozen scale: read from the run itself
     with torch.no_grad():
-        out = adapter.forward(ids, mask, capture=sites + [Site(n - 1, "resid_post")], logits_at=answer_pos)
+        out = adapter.forward(ids, mask, capture=sites + [scale], logits_at=answer_pos)
     rows = torch.arange(ids.shape[0], device=dev)
     apos = answer_pos.to(dev)
 
@@ -61,19 +63,16 @@ def dla_terms(adapter: Any, ids: torch.Tensor, mask: torch.Tensor | None, answer
         names += [head_name(l, h) for h in range(adapter.n_heads)] + [f"attn_bias{l}", mlp_name(l)]
         parts += list(heads.unbind(1)) + [bias, at(Site(l, "mlp_out"))]
     c = torch.stack(parts).double()  # [T, B, D]
-    x = at(Site(n - 1, "resid_post")).double()
-    ln = module(adapter, arch.ln_final)
+    sigma = at(scale)[:, 0].double()  # [B]
+    ln = adapter.module(adapter.table.final_norm)
     unembed = adapter.model.get_output_embeddings()
     w_u = unembed.weight.detach().double()
     direction = w_u[io.to(dev)] - w_u[s.to(dev)]  # [B, D]
     gain = ln.weight.detach().double()
-    eps = float(getattr(ln, "eps", getattr(ln, "variance_epsilon", 1e-5)))
-    if isinstance(ln, torch.nn.LayerNorm):  # centring is linear, so it applies to each part
-        sigma = (x.var(-1, unbiased=False) + eps).sqrt()
+    if is_layer_norm(ln):  # centring is linear, so it applies to each part
         c = c - c.mean(-1, keepdim=True)
         const = (ln.bias.detach().double() * direction).sum(-1) if ln.bias is not None else torch.zeros_like(sigma)
     else:  # RMS norm: no centring, no bias
-        sigma = (x.pow(2).mean(-1) + eps).sqrt()
         const = torch.zeros_like(sigma)
     terms = (c * (gain * direction / sigma[:, None])).sum(-1)  # [T, B]
     if getattr(unembed, "bias", None) is not None:
@@ -98,6 +97,7 @@ def dla_terms(adapter: Any, ids: torch.Tensor, mask: torch.Tensor | None, answer
     uses_model=True,
     default_chart="heatmap",
     requires=frozenset({"answers"}),
+    model_features=frozenset({"causal", "lm_head", "residual_stream"}),
     example="attribute logits of m on ioi",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
@@ -106,7 +106,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     pairs = Pairs.of(inputs["dataset"])
     if pairs.io_id is None or pairs.s_id is None:
         raise ValueError("direct logit attribution reads the IO - S logit difference: the dataset has no io_id/s_id")
-    which = params.get("run", "clean")
+    which = params["run"]
     names, per_prompt, actual = None, [], []
     for rows in chunks(pairs.n, ctx.max_rows):
         ids, m = trimmed(pairs.ids(which), pairs.attention_mask, rows)

@@ -20,11 +20,14 @@ corrupted run; denoising the reverse. Effect = (m - m_corrupted) / (m_clean - m_
 `patch`: with noising, 1 = the path does not matter and lower values mark important paths. The
 raw metric is reported as `patched`.
 
-Statement parts: `from COMPONENT [INDEX] [in LAYERS] [at POSITIONS]` with COMPONENT heads (each
-head a variant; `heads [0, 3]` sweeps those), attn (each layer's heads together) or mlp, default
-all layers and all positions at once (`at every position` sweeps positions too); and `to
-COMPONENT [INDEX] in LAYERS [at POSITIONS]` with COMPONENT heads (their q, k and v), q, k or v,
-or logits; positions there are one set patched at once (all, last, or a list).
+Statement parts: `from COMPONENT [INDEX] [in LAYERS] [at POSITIONS]` with COMPONENT any kind that
+writes to the residual stream (the vocabulary's `residual_write`): heads (each head a variant;
+`heads [0, 3]` sweeps those), attn (a layer's whole attention output) or mlp, default all layers
+and all positions at once (`at every position` sweeps positions too); and `to COMPONENT [INDEX]
+in LAYERS [at POSITIONS]` with COMPONENT heads (their q, k and v; under grouped-query attention
+the key/value heads those query heads read), q, k or v (the vocabulary's `attn_input`; k and v
+indices are key/value heads), or logits; positions there are one set patched at once (all,
+last, or a list).
 Both steps of every (sender, prompt) row run batched, `ctx.max_rows` rows per forward.
 """
 
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
 import torch
 
 from mechstudy.engine import spec
@@ -43,15 +45,22 @@ from mechstudy.stdlib.datasets import Pairs
 from mechstudy.stdlib.interventions import ALL, LAST
 from mechstudy.stdlib.models.base import Adapter, Edit
 from mechstudy.stdlib.models.batching import chunks
-from mechstudy.stdlib.models.sites import Site
-from mechstudy.stdlib.ops.capture import capture
+from mechstudy.stdlib.models.sites import Site, component, words
 
-SENDERS = {"heads": "z", "attn": "z", "mlp": "mlp_out"}
-RECEIVERS = {"heads": ("q", "k", "v"), "q": ("q",), "k": ("k",), "v": ("v",), "logits": ()}
+SENDERS = words(lambda k: k.per_layer and k.residual_write)
+ATTN_INPUTS = words(lambda k: k.per_layer and k.attn_input)
+RECEIVERS = ("heads", *ATTN_INPUTS, "logits")
+
+
+def receiver_kinds(word: str) -> tuple[str, ...]:
+    """The site kinds a receiver word reads: heads -> their q, k and v; q, k, v -> themselves."""
+    if word == "heads":
+        return tuple(component(w).kind.name for w in ATTN_INPUTS)
+    return (component(word).kind.name,)
 
 
 def sender_of(params: dict) -> dict:
-    s = dict(params.get("sender") or {})
+    s = dict(params["sender"] or {})
     word = s.get("component", "heads")
     if word not in SENDERS:
         raise ValueError(f"a path's sender is one of {', '.join(SENDERS)}, not {word!r}")
@@ -60,7 +69,7 @@ def sender_of(params: dict) -> dict:
 
 
 def receiver_of(params: dict) -> dict | None:
-    r = params.get("receiver")
+    r = params["receiver"]
     if not r or r.get("component") == "logits":
         return None
     word = r.get("component", "heads")
@@ -81,22 +90,34 @@ def _pos_mask(spec_pos: Any, apos: torch.Tensor, width: int) -> torch.Tensor:
     return (ar[..., None] == pos).any(-1).expand(apos.shape[0], width)
 
 
+def receiver_units(adapter: Adapter, word: str, index: list[int] | None, kind: str) -> torch.Tensor:
+    """[units of `kind`] bool: the receiver's heads of that kind. For `heads`, `index` names query
+    heads, and a key/value kind takes the key/value heads they read (h // group under GQA)."""
+    n = Site(0, kind).spec.n_units(adapter.dims)
+    chosen = list(range(adapter.n_heads if word == "heads" else n)) if index is None else list(index)
+    if word == "heads" and n != adapter.n_heads:
+        chosen = sorted({h // (adapter.n_heads // n) for h in chosen})
+    out = torch.zeros(n, dtype=torch.bool)
+    out[torch.tensor(chosen, dtype=torch.long)] = True
+    return out
+
+
 def path_sweep(adapter: Adapter, pairs: Pairs, g: iv.Grid, send_kind: str, source: dict[int, torch.Tensor],
                base_z: dict[int, torch.Tensor], base_mlp: dict[int, torch.Tensor] | None, recv: dict | None,
                metric: str, base: str, clean_logits: torch.Tensor, max_rows: int = 32) -> torch.Tensor:
     """Metric of every (sender variant, prompt) row, float64 [V, N] (steps 1-2 of the module doc)."""
     dev = adapter.device
-    n, v, H = pairs.n, len(g), adapter.n_heads
+    n, v = pairs.n, len(g)
     ids_all, mask_all, apos_all = pairs.ids(base).to(dev), pairs.attention_mask.to(dev), pairs.answer_pos.to(dev)
     var_layer, var_unit, var_pos = g.layer.to(dev), g.unit.to(dev), g.pos.to(dev)
-    heads = torch.arange(H, device=dev)
+    per_unit = Site(0, send_kind).spec.unit is not None
+    units = torch.arange(Site(0, send_kind).spec.n_units(adapter.dims), device=dev)
     source = {l: source[l].to(dev) for l in torch.unique(var_layer).tolist()}
     base_z = {l: z.to(dev) for l, z in base_z.items()}
     base_mlp = {l: a.to(dev) for l, a in base_mlp.items()} if base_mlp is not None else None
     if recv is not None:
-        r_heads = torch.zeros(H, dtype=torch.bool, device=dev)
-        r_heads[torch.tensor(recv["index"], device=dev)] = True
-        r_sites = [Site(l, k) for l in recv["layers"] for k in RECEIVERS[recv["component"]]]
+        r_sites = [(Site(l, k), receiver_units(adapter, recv["component"], recv["index"], k).to(dev))
+                   for l in recv["layers"] for k in receiver_kinds(recv["component"])]
     out = torch.empty(v * n, dtype=torch.float64)
     for rows in chunks(v * n, max_rows):
         rows = rows.to(dev)
@@ -113,51 +134,51 @@ def path_sweep(adapter: Adapter, pairs: Pairs, g: iv.Grid, send_kind: str, sourc
                 edits.append(Edit(Site(l, "mlp_out"), base_mlp[l][p, :width]))
         for l in torch.unique(var_layer[vi]).tolist():  # then the sender, from the source run
             m = at_pos & (var_layer[vi] == l)[:, None]
-            if send_kind == "z":
+            if per_unit:
                 vu = var_unit[vi][:, None]
-                m = m[:, :, None] & ((vu == -1) | (heads[None] == vu))[:, None, :]
+                m = m[:, :, None] & ((vu == -1) | (units[None] == vu))[:, None, :]
             edits.append(Edit(Site(l, send_kind), source[l][p, :width], mask=m[..., None]))
         if recv is None:
             logits = adapter.forward(ids, mask, edits=edits, logits_at=apos).logits
         else:
-            acts = adapter.forward(ids, mask, edits=edits, capture=r_sites, logits=False).acts
-            rm = (_pos_mask(recv["positions"], apos, width)[:, :, None] & r_heads[None, None, :])[..., None]
-            patched = [Edit(s, acts[s], mask=rm) for s in r_sites]
+            acts = adapter.forward(ids, mask, edits=edits, capture=[s for s, _ in r_sites], logits=False).acts
+            at = _pos_mask(recv["positions"], apos, width)
+            patched = [Edit(s, acts[s], mask=(at[:, :, None] & heads[None, None, :])[..., None]) for s, heads in r_sites]
             logits = adapter.forward(ids, mask, edits=patched, logits_at=apos).logits
         out[rows.cpu()] = metrics.compute(metric, logits, pairs.data, p, clean_logits[p]).cpu()
     return out.view(v, n)
 
 
-def _inputs(params: dict) -> dict[str, tuple[str, str]]:
+def runs(direction: str) -> tuple[str, str]:
+    """(the run senders come from, the run everything else is frozen to)."""
+    return ("corrupted", "clean") if direction == "noising" else ("clean", "corrupted")
+
+
+def captures(params: dict) -> dict[str, tuple[str, str]]:
     """Capture inputs: name -> (site kind, clean | corrupted)."""
-    which, base = ("corrupted", "clean") if params.get("direction", "noising") == "noising" else ("clean", "corrupted")
-    send = sender_of(params)
-    out = {"base_z": ("z", base), "source": (SENDERS[send["component"]], which)}
-    if params.get("freeze_mlps", False):
+    which, base = runs(params["direction"])
+    out = {"base_z": ("z", base), "source": (component(sender_of(params)["component"]).kind.name, which)}
+    if params["freeze_mlps"]:
         out["base_mlp"] = ("mlp_out", base)
     return out
 
 
 def _plan(params: dict, b: Any) -> Any:
-    m, d = params["model"], params["dataset"]
-    inputs = {"model": m, "dataset": d}
-    for name, (site, which) in _inputs(params).items():
-        inputs[name] = b.node("capture", {"site": site, "which": which}, {"model": m, "dataset": d})
-    keyed = {k: v for k, v in params.items() if k not in ("model", "dataset")}
+    keyed = {**params, **iv.plan_captures(b, params, captures(params))}
     if receiver_of(params) is None:
         keyed["receiver"] = None  # `to logits` and no `to` at all are one computation, one node
-    return b.node("path_patch", keyed, inputs)
+    return b.node("path_patch", keyed)
 
 
 @spec.operator(
     "path_patch",
-    version=1,
+    version=2,
     verb="patch",
     components=tuple(dict.fromkeys(("path", *SENDERS, *RECEIVERS))),
     params=[
         Param("component", str, "path", choices=("path",), doc="the word `path`"),
-        Param("sender", dict, choices=tuple(SENDERS), doc="`from heads|attn|mlp [in LAYERS] [at POSITIONS]`"),
-        Param("receiver", dict, None, choices=tuple(RECEIVERS),
+        Param("sender", dict, choices=SENDERS, doc="`from heads|attn|mlp [in LAYERS] [at POSITIONS]`"),
+        Param("receiver", dict, None, choices=RECEIVERS,
               doc="`to heads|q|k|v [in LAYERS] [at POSITIONS]`, or `to logits` (the default)"),
         Param("model", spec.MODEL),
         Param("dataset", spec.DATASET),
@@ -171,6 +192,7 @@ def _plan(params: dict, b: Any) -> Any:
     uses_model=True,
     default_chart="heatmap",
     requires=frozenset({"corrupted"}),
+    model_features=frozenset({"causal", "lm_head"}),
     example="patch path from heads in layer 0 to heads in layer 1 of m on ioi with logit_diff",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
@@ -178,47 +200,25 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     adapter = ctx.model(inputs["model"])
     dataset = inputs["dataset"]
     pairs = Pairs.of(dataset)
-    metric, direction = params.get("metric", "logit_diff"), params.get("direction", "noising")
-    base = "clean" if direction == "noising" else "corrupted"
+    metric, direction = params["metric"], params["direction"]
+    base = runs(direction)[1]
     send, recv = sender_of(params), receiver_of(params)
-
-    def acts_of(name: str) -> dict[int, torch.Tensor] | None:
-        if name not in caps:
-            return None
-        site, which = caps[name]
-        art = inputs.get(name)
-        named = art.tensors if art is not None else capture(adapter, dataset, site, which, ctx.max_rows)
-        return {l: torch.as_tensor(named[Site(l, site).name]) for l in range(adapter.n_layers)}
-
-    caps = _inputs(params)
+    acts = {name: iv.read_or_capture(inputs, name, adapter, dataset, kind, which, ctx.max_rows)
+            for name, (kind, which) in captures(params).items()}
     word = send["component"]
     unit_ids = iv.units(word, adapter, send["index"])
     if recv is not None:
         if recv["positions"] == "each":
             raise ValueError("a path's receivers are patched at one set of positions (all, last or a list), "
                              "not at every position separately")
-        recv = {**recv, "layers": list(range(adapter.n_layers)) if recv["layers"] == "all" else list(recv["layers"]),
-                "index": iv.units("heads", adapter, recv["index"])}
+        recv = {**recv, "layers": list(range(adapter.n_layers)) if recv["layers"] == "all" else list(recv["layers"])}
+        if recv["index"] is not None:  # in range: query heads for `heads` and q, key/value heads for k, v
+            iv.units(recv["component"], adapter, recv["index"])
     g = iv.grid(word, send["layers"], send["positions"], adapter.n_layers, unit_ids, int(pairs.clean_ids.shape[1]))
     clean_logits, m_clean, m_corr = iv.baselines(adapter, pairs, metric, ctx.max_rows)
-    per_prompt = path_sweep(adapter, pairs, g, SENDERS[word], acts_of("source"), acts_of("base_z"),
-                            acts_of("base_mlp"), recv, metric, base, clean_logits, ctx.max_rows)
-    patched = per_prompt.mean(1)
-    clean_mean, corr_mean = m_clean.mean().item(), m_corr.mean().item()
-    effect = metrics.normalise(patched, clean_mean, corr_mean)
-
-    cols = iv.table_columns(word, g, send["positions"])
-    cols.update(effect=effect.tolist(), patched=patched.tolist())
-    shape = g.shape
-    return Artifact(
-        tensors={"effect": effect.float().view(shape).contiguous(), "patched": patched.float().view(shape).contiguous(),
-                 "per_prompt": per_prompt.float().view(*shape, pairs.n).contiguous(),
-                 "clean": m_clean.float(), "corrupted": m_corr.float()},
-        tables={"result": pl.DataFrame(cols)},
-        data={"sender": send, "receiver": recv or {"component": "logits"}, "direction": direction,
-              "metric": metric, "freeze_mlps": bool(params.get("freeze_mlps", False)), "axes": g.axes,
-              "shape": shape, "clean_mean": clean_mean, "corrupted_mean": corr_mean, "chart": iv.chart_hints(g),
-              "headline": [{"label": f"{metric}, clean", "value": clean_mean},
-                           {"label": f"{metric}, corrupted", "value": corr_mean,
-                            "detail": "effect = (patched - corrupted) / (clean - corrupted)"}, {"label": "direction", "value": direction}],},
-    )
+    per_prompt = path_sweep(adapter, pairs, g, component(word).kind.name, acts["source"], acts["base_z"],
+                            acts.get("base_mlp"), recv, metric, base, clean_logits, ctx.max_rows)
+    return iv.sweep_result(word, g, send["positions"], per_prompt, m_clean, m_corr, "patched",
+                           {"sender": send, "receiver": recv or {"component": "logits"}, "direction": direction,
+                            "metric": metric, "freeze_mlps": bool(params["freeze_mlps"])},
+                           headline={"direction": direction})

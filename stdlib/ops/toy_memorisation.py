@@ -50,13 +50,6 @@ PARAMS = (
     Param("bias", bool, True, doc="learn the output bias b"),
 )
 
-_DEFAULTS = {q.name: q.default for q in PARAMS}
-
-
-def _get(params: dict, name: str) -> Any:
-    """A param's value, or its default (non-keyed params are not in a node's params)."""
-    return params[name] if name in params else _DEFAULTS[name]
-
 
 def _check(p: dict, sizes: list[int]) -> None:
     if p["n"] < 1 or p["m"] < 1:
@@ -82,7 +75,7 @@ def _check(p: dict, sizes: list[int]) -> None:
 def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """Train toy models on T examples each (a list of T), and measure the dimensionality of
     features (columns of W) and of the training points' hidden vectors."""
-    p = {q.name: _get(params, q.name) for q in PARAMS}
+    p = params
     sizes = sorted({int(t) for t in p["examples"]})
     _check(p, sizes)
     n, m, K = p["n"], p["m"], p["seeds"]

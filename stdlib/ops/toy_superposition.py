@@ -56,13 +56,6 @@ PARAMS = (
     Param("group", int, 2, doc="set size for correlated / anticorrelated features"),
 )
 
-_DEFAULTS = {q.name: q.default for q in PARAMS}
-
-
-def _get(params: dict, name: str) -> Any:
-    """A param's value, or its default (non-keyed params are not in a node's params)."""
-    return params[name] if name in params else _DEFAULTS[name]
-
 
 def _as_list(v: Any) -> list[float]:
     return [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
@@ -70,7 +63,7 @@ def _as_list(v: Any) -> list[float]:
 
 def configs(params: dict) -> list[dict]:
     """One dict per model, in batch order: sparsity-major, then importance, then seed."""
-    sparsities, importances, seeds = _as_list(_get(params, "sparsity")), _as_list(_get(params, "importance")), _get(params, "seeds")
+    sparsities, importances, seeds = _as_list(params["sparsity"]), _as_list(params["importance"]), params["seeds"]
     out = []
     for s in sparsities:
         for r in importances:
@@ -109,7 +102,7 @@ def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """Train toy models of superposition f(x) = ReLU(W^T W x + b), one per (sparsity,
     importance, seed), as one batch; measure ||W||_F^2, dimensions per feature, norms,
     superposition and dimensionality."""
-    p = {q.name: _get(params, q.name) for q in PARAMS}
+    p = params
     cfg = configs(p)
     _check(p, cfg)
     n, m, K = p["n"], p["m"], len(cfg)

@@ -39,8 +39,8 @@ def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """Train a zoo model (attn2 or mini) by its deterministic CPU recipe."""
     from mechstudy.stdlib.zoo import build, train
 
-    kwargs = {k: params[k] for k in ("steps", "seed", "lr", "threads") if params.get(k) is not None}
+    kwargs = {k: params[k] for k in ("steps", "seed", "lr", "threads") if params[k] is not None}
     log = getattr(ctx, "log", None) or (lambda msg: None)
     trained = train.RECIPES[params["method"]](log=log, **kwargs)
-    behaviours = build.measure(trained) if params.get("measure", True) else {}
+    behaviours = build.measure(trained) if params["measure"] else {}
     return build.to_artifact(trained, behaviours)

@@ -18,26 +18,33 @@ are the dense projections' outputs, before dropout (identity in eval), the resid
 norm. resid_pre of layer 0 is the embeddings' layer-norm output. q, k and v are the outputs of
 `attention.self.query`/`key`/`value` split into heads (BERT has no rotary or grouped heads).
 
-Attention is bidirectional (no causal mask): a real token reads every real token, and padding is
-masked as keys only. "logits" are the masked-LM head's when the checkpoint has one
-(`BertForMaskedLM`, `BertForPreTraining`); a bare `BertModel` has no head and gives logits None:
-read `resid_post` of the last layer (HF's last_hidden_state) instead. Module paths in the table
-are relative to the bare encoder (`model.base_model`); the adapter prefixes `bert.` when a head
-wraps it.
+What BERT does not have, and what the checker therefore refuses on it: a causal next-token
+prediction (attention is bidirectional; padding is masked as keys only), and a residual stream
+that is the sum of every block's writes (each block renormalises it), so no final norm, no logit
+lens, no direct logit attribution, no edge-level circuit methods. "Logits" are the masked-LM
+head's when the checkpoint has one (`BertForMaskedLM`, `BertForPreTraining`); a bare `BertModel`
+has no head and gives logits None: read `resid_post` of the last layer (HF's last_hidden_state)
+instead. Module paths are relative to the bare encoder (`model.base_model`): `base_relative`.
+
+>>> has_mlm_head({"architectures": ["BertForMaskedLM"]}), has_mlm_head({"architectures": ["BertModel"]})
+(True, False)
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 from mechstudy.engine.spec import ModelInfo
-from mechstudy.stdlib.models.base import Adapter
 from mechstudy.stdlib.models.sites import ArchTable, HookPoint, register_arch
 
 BLOCK = "encoder.layer.{layer}"
 # Checkpoint classes whose weights include the masked-LM head (the rest load as a bare encoder).
 MLM_CLASSES = ("BertForMaskedLM", "BertForPreTraining")
+
+
+def has_mlm_head(cfg: Mapping[str, Any]) -> bool:
+    """Whether the checkpoint's config names a class that carries the masked-LM head."""
+    return any(a in MLM_CLASSES for a in cfg.get("architectures") or ())
 
 
 def _info(cfg: Mapping[str, Any]) -> ModelInfo:
@@ -48,39 +55,14 @@ def _info(cfg: Mapping[str, Any]) -> ModelInfo:
         d_model=int(cfg["hidden_size"]),
         d_vocab=int(cfg["vocab_size"]),
         n_ctx=int(cfg.get("max_position_embeddings") or 0) or None,
+        d_mlp=int(cfg["intermediate_size"]),
+        features=frozenset({"lm_head"} if has_mlm_head(cfg) else ()),
     )
 
 
-def _d_mlp(cfg: Mapping[str, Any]) -> int:
-    return int(cfg["intermediate_size"])
-
-
-def has_mlm_head(cfg: Mapping[str, Any]) -> bool:
-    """Whether the checkpoint's config names a class that carries the masked-LM head.
-
-    >>> has_mlm_head({"architectures": ["BertForMaskedLM"]}), has_mlm_head({"architectures": ["BertModel"]})
-    (True, False)
-    """
-    return any(a in MLM_CLASSES for a in cfg.get("architectures") or ())
-
-
-class BertAdapter(Adapter):
-    """Loads `BertForMaskedLM` when the checkpoint has the MLM head, else the bare `BertModel`
-    (never a randomly initialised head), and points the table at wherever the encoder sits."""
-
-    @classmethod
-    def load_model(cls, path: Any, dtype: Any, config: Mapping[str, Any]) -> Any:
-        from transformers import AutoModel, AutoModelForMaskedLM
-
-        auto = AutoModelForMaskedLM if has_mlm_head(config) else AutoModel
-        return auto.from_pretrained(path, attn_implementation="eager", dtype=dtype, local_files_only=True)
-
-    def __init__(self, model: Any, tokenizer: Any, table: ArchTable, config: Mapping[str, Any]) -> None:
-        prefix = "" if model.base_model is model else model.base_model_prefix + "."
-        if prefix:
-            points = {k: dataclasses.replace(p, module=prefix + p.module) for k, p in table.points.items()}
-            table = dataclasses.replace(table, points=points)
-        super().__init__(model, tokenizer, table, config)
+def _auto_class(cfg: Mapping[str, Any]) -> str:
+    # The masked-LM class only when the checkpoint has its head: never a randomly initialised head.
+    return "AutoModelForMaskedLM" if has_mlm_head(cfg) else "AutoModel"
 
 
 BERT = register_arch(
@@ -88,8 +70,9 @@ BERT = register_arch(
         model_types=("bert",),
         arch="bert",
         info=_info,
-        d_mlp=_d_mlp,
-        adapter="mechstudy.stdlib.models.bert:BertAdapter",
+        attention=BLOCK + ".attention.self",
+        auto_class=_auto_class,
+        base_relative=True,
         points={
             "resid_pre": HookPoint(BLOCK, "input"),
             "resid_mid": HookPoint(BLOCK + ".attention.output", "output"),
