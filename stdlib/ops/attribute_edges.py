@@ -129,7 +129,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
               "receivers": [c.name for c in graph.receivers], "clean_mean": m_clean, "corrupted_mean": m_corr,
               "method": "edge attribution patching",
               "headline": [{"label": "edges scored", "value": len(edges),
-                            "detail": f"the graph draws the {min(len(edges), int(params.get('top', 30)))} largest |score|"},
+                            "detail": f"the graph draws the {min(len(edges), int(params['top']))} largest |score|"},
                            {"label": "strongest edge", "value": table["src"][0] + " \u2192 " + table["dst"][0]
                             if edges else "none", "detail": f"score {edges[0][2]:.3g}" if edges else ""}]},
     )
