@@ -18,6 +18,7 @@ first bare word    ``component``       ``patch heads ...``
 ``on NAME``        ``dataset``         ``on ioi``
 ``with NAME``      ``metric``          ``with logit_diff``
 ``using NAME``     ``method``          ``using mean``
+``over NAME``      ``corpus``          ``over web`` (a declared corpus)
 bare word ``w``    the param whose     ``noising`` -> ``direction="noising"``
                    ``choices`` has w
 ``w VALUE``        ``w``               ``threshold 0.01``
@@ -47,6 +48,8 @@ MODEL = "model"  # a reference to a declared model; becomes an input node
 DATASET = "dataset"  # a reference to a declared dataset; becomes an input node
 METRIC = "metric"  # a name in METRICS
 RESULT = "result"  # a reference to another named statement's result
+CORPUS = "corpus"  # a reference to a declared corpus (`over NAME`); becomes an input node like a dataset
+CORPUS_PREFIX = "corpus."  # corpus sources live in DATASETS as "corpus.<source>"
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,7 @@ class DatasetSpec:
     # provides_for(params) -> capabilities of this one declaration (default: `provides`).
     prepare: Callable[[dict], dict] | None = None
     provides_for: Callable[[dict], frozenset[str]] | None = None
+    example: str | None = None  # a declaration `study check` accepts (the reference shows it; a test checks it)
 
     def provides_of(self, params: Mapping[str, Any]) -> frozenset[str]:
         return frozenset(self.provides_for(dict(params)) if self.provides_for else self.provides)
@@ -325,6 +329,20 @@ def dataset(name: str, *, version: int, params: Iterable[Param] = (), **kw: Any)
         return fn
 
     return deco
+
+
+def corpus(source: str, *, version: int, params: Iterable[Param] = (), **kw: Any):
+    """Register a corpus source: `corpus NAME = SOURCE "REF" k=v ...`. A corpus is a dataset of
+    packed text rows (tensors input_ids, attention_mask; capability "text"), registered in DATASETS
+    as "corpus.SOURCE", so it is planned, keyed and checked like any dataset; its first param takes
+    the declaration's string. Operators read it through a CORPUS param (`over NAME`) or, for
+    evaluation on text, through a DATASET param (`on NAME`)."""
+    kw.setdefault("provides", frozenset({"text"}))
+    return dataset(CORPUS_PREFIX + source, version=version, params=params, **kw)
+
+
+def is_corpus(generator: str) -> bool:
+    return generator.startswith(CORPUS_PREFIX)
 
 
 def register_model_source(src: ModelSource) -> ModelSource:

@@ -200,13 +200,16 @@ class ModelStmt:
 
 @dataclass(frozen=True)
 class DatasetStmt:
-    """`dataset NAME = GENERATOR(k=v, ...)` (`path` None) or `dataset NAME = KIND "PATH" k=v ...`."""
+    """`dataset NAME = GENERATOR(k=v, ...)` (`path` None) or `dataset NAME = KIND "PATH" k=v ...`;
+    with kind "corpus", `corpus NAME = SOURCE "REF" k=v ...` (text streamed for training and
+    evaluation: a zoo model's corpus, text files, a parquet column)."""
 
     name: Name
     generator: Name
     path: Str | None
     options: tuple[Option, ...]
     span: Span
+    kind: str = "dataset"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from mechstudy.lang.values import REF_KINDS, Skip, Sweep, convert, describe, did
 
 # The grammar's keywords: they cannot name a model, dataset or result.
 KEYWORDS = frozenset(
-    "study version use model dataset plot as titled in at of on with using from to layer layers "
+    "study version use model dataset corpus plot as titled in at of on with using over from to layer layers "
     "position positions all every last true false".split()
 )
 
@@ -176,11 +176,14 @@ class _Checker:
                 raise UnknownNameError(ident.span, f"unknown metric '{name}'", did_you_mean(name, spec.METRICS))
             return name
         what = REF_KINDS[kind]
-        table = {"model": self.models, "dataset": self.datasets, "result": self.results}[what]
+        table = {"model": self.models, "dataset": self.datasets, "result": self.results, "corpus": self.datasets}[what]
+        if what == "corpus" and name in table and self.declared.get(name, ("",))[0] != "corpus":
+            raise StudyTypeError(ident.span, f"'{name}' is a dataset, not a corpus",
+                                 'declare a corpus to train on: `corpus NAME = zoo "MODEL"` (or text, parquet)')
         if name in table:
             if table[name] is None:
                 raise Skip()
-            return Ref(what, name)
+            return Ref("dataset" if what == "corpus" else what, name)
         if name in self.declared:
             other = self.declared[name][0]
             raise StudyTypeError(ident.span, f"'{name}' is a {other}, not a {what}")
@@ -197,6 +200,8 @@ class _Checker:
         elif hint is None and what == "dataset":
             gen = name if name in spec.DATASETS else "GENERATOR"
             hint = f"declare it first: `dataset {name} = {gen}(...)`"
+        elif hint is None and what == "corpus":
+            hint = f'declare it first: `corpus {name} = zoo "MODEL"` (or text "FILES", parquet "FILE")'
         raise UnknownNameError(ident.span, f"unknown {what} '{name}'", hint)
 
     # -- declarations -----------------------------------------------------------------------
@@ -227,14 +232,24 @@ class _Checker:
 
     def dataset(self, stmt: ast.DatasetStmt) -> None:
         name, gen = stmt.name.text, stmt.generator.text
-        if self.declare(stmt.name, "dataset"):
+        corpus = stmt.kind == "corpus"
+        if self.declare(stmt.name, stmt.kind):
             self.datasets[name] = None
         else:
             name = None
+        sources = sorted(k[len(spec.CORPUS_PREFIX):] for k in spec.DATASETS if spec.is_corpus(k))
+        if corpus:
+            if gen not in sources:
+                raise UnknownNameError(stmt.generator.span, f"unknown corpus source '{gen}'",
+                                       did_you_mean(gen, sources) or _one_of(sources, "corpus sources"))
+            gen = spec.CORPUS_PREFIX + gen
         ds = spec.DATASETS.get(gen)
-        if ds is None:
-            raise UnknownNameError(stmt.generator.span, f"unknown dataset generator '{gen}'",
-                                   did_you_mean(gen, spec.DATASETS) or _one_of(spec.DATASETS))
+        if ds is None or (not corpus and spec.is_corpus(gen)):
+            generators = [k for k in spec.DATASETS if not spec.is_corpus(k)]
+            hint = did_you_mean(gen, generators) or _one_of(generators)
+            if gen in sources:
+                hint = f"{gen} is a corpus source: write `corpus {stmt.name.text} = {gen} \"...\"`"
+            raise UnknownNameError(stmt.generator.span, f"unknown dataset generator '{gen}'", hint)
         opts = list(stmt.options)
         model = None
         declared = {p.name for p in ds.params}
@@ -251,11 +266,14 @@ class _Checker:
                 except Skip:
                     return
         if stmt.path is not None:
-            if "path" not in declared:
+            # A corpus source's first param takes the declaration's string (a zoo name, a path ...).
+            first = ds.params[0].name if corpus and ds.params else "path"
+            if first not in declared:
                 raise StudyTypeError(stmt.path.span, f"generator '{gen}' does not read a file",
                                      f"write {gen}(key=value, ...)")
-            opts.insert(0, ast.Option(ast.Name("path", stmt.path.span), stmt.path, stmt.path.span))
-        params = self.options(ds.params, tuple(opts), f"dataset {gen}", stmt.span)
+            opts.insert(0, ast.Option(ast.Name(first, stmt.path.span), stmt.path, stmt.path.span))
+        owner = f"corpus {gen[len(spec.CORPUS_PREFIX):]}" if corpus else f"dataset {gen}"
+        params = self.options(ds.params, tuple(opts), owner, stmt.span)
         if params is not None and ds.prepare is not None:
             try:
                 params = ds.prepare(dict(params))

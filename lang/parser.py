@@ -132,6 +132,10 @@ class _ToAst(Transformer):
     def dataset_file(self, meta, c):
         return ast.DatasetStmt(self._name(c[0]), self._name(c[1]), self._str(c[2]), tuple(c[3:]), self._s(meta))
 
+    def corpus_decl(self, meta, c):
+        return ast.DatasetStmt(self._name(c[0]), self._name(c[1]), self._str(c[2]), tuple(c[3:]), self._s(meta),
+                               kind="corpus")
+
     def result_name(self, meta, c):
         return self._name(c[0])
 
@@ -169,6 +173,7 @@ class _ToAst(Transformer):
     on_clause = _link("on")
     with_clause = _link("with")
     using_clause = _link("using")
+    over_clause = _link("over")
 
     def from_marker(self, meta, c):
         return ast.Marker("from", self._s(meta))

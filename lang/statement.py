@@ -25,12 +25,13 @@ from mechstudy.lang.values import (
     MAX_SWEEP_POINTS, Skip, Sweep, convert, did_you_mean, layer_indices, position_value,
 )
 
-LINKS = {"of": "model", "on": "dataset", "with": "metric", "using": "method"}
+LINKS = {"of": "model", "on": "dataset", "with": "metric", "using": "method", "over": "corpus"}
 _CLAUSE_FOR = {"model": "`of MODEL`", "dataset": "`on DATASET`", "metric": "`with METRIC`",
                "layers": "`in LAYERS`", "positions": "`at POSITIONS`", "method": "`using METHOD`",
+               "corpus": "`over CORPUS`",
                "sender": "`from COMPONENT in LAYERS`", "receiver": "`to COMPONENT in LAYERS`"}
 # Dataset capabilities in words, for metric / dataset mismatches.
-CAPABILITY = {"answers": "answer tokens", "corrupted": "corrupted prompts", "labels": "labels"}
+CAPABILITY = {"answers": "answer tokens", "corrupted": "corrupted prompts", "labels": "labels", "text": "text"}
 
 
 def one_of(names, what: str = "known") -> str | None:

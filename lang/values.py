@@ -29,7 +29,7 @@ MAX_SWEEP_POINTS = 10_000  # per statement; far beyond any useful sweep, short o
 _TYPE_WORDS = {int: "a whole number", float: "a number", str: "a word or a string", bool: "true or false"}
 
 # The words in clauses that are parameter types of their own.
-REF_KINDS = {spec.MODEL: "model", spec.DATASET: "dataset", spec.RESULT: "result"}
+REF_KINDS = {spec.MODEL: "model", spec.DATASET: "dataset", spec.RESULT: "result", spec.CORPUS: "corpus"}
 
 
 class Skip(Exception):

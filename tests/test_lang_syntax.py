@@ -79,7 +79,7 @@ def test_stray_character():
 def test_unmatched_error_names_what_was_expected_without_anon_terminals():
     (err,) = errors_of("patch heads in layer 9 of gpt2 on ioi with logit_diff )")
     assert err.message == (
-        "unexpected ')'; expected one of 'at', 'from', 'in', 'of', 'on', 'to', 'using', 'with', a name, end of line"
+        "unexpected ')'; expected one of 'at', 'from', 'in', 'of', 'on', 'over', 'to', 'using', 'with', a name, end of line"
     )
     assert "__ANON" not in err.message
 
