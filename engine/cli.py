@@ -426,9 +426,27 @@ def _show(args: argparse.Namespace) -> int:
     elif args.format == "json":
         sys.stdout.write(df.write_json() + "\n")
     else:
+        _print_headline(plan, store, args.name)
         with pl.Config(tbl_rows=max(len(df), 10), tbl_cols=-1):
             print(df)
     return 0
+
+
+def _print_headline(plan, store, name: str) -> None:  # noqa: ANN001
+    """The headline numbers the report shows beside the chart, before the table."""
+    from mechstudy.engine.results import gather
+
+    for p in (p for p in gather(plan, store) if p.name == name):
+        lines = p.headline()
+        if p.empty():
+            print(f"{p.label}: empty: {p.empty()}")
+        if not lines:
+            continue
+        print(p.label)
+        for h in lines:
+            value = h.value.replace("\n", ", ")
+            print(f"  {h.label}: {value}" + (f"  ({h.detail})" if h.detail else ""))
+    print()
 
 
 if __name__ == "__main__":  # pragma: no cover

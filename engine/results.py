@@ -207,7 +207,7 @@ class ResultPoint:
 
     name: str  # the statement's name
     label: str  # name, plus "[threshold=0.01]" for a sweep point
-    point: dict[str, Any]
+    point: dict[str, Any]  # the swept options' values, e.g. {"threshold": 0.01}; {} without a sweep
     node: Any
     chart_nodes: list[Any]
     statement: str
@@ -264,7 +264,8 @@ def gather(plan: Any, store: Any, outcomes: Mapping[str, Any] | None = None) -> 
     for name, res in plan.results.items():
         text = statement_text(plan, res.span)
         for i, node in enumerate(res.nodes):
-            point = res.points[i] if res.call and res.call.sweep else {}
+            # the swept options' values at this point (the other options are the same for all)
+            point = {k: res.points[i][k] for k in res.call.sweep} if res.call and res.call.sweep else {}
             label = name + ("" if not point else " [" + ", ".join(f"{k}={point[k]}" for k in res.call.sweep) + "]")
             o = outcomes.get(node.key)
             computed = bool(o and o.status == "computed")

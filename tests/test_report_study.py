@@ -165,3 +165,16 @@ def test_study_export_png_and_svg(showcase, tmp_path, capsys):
     assert main(["export", study, "circuits", "--cache", cache]) == 1
     assert "did you mean 'circuit'?" in capsys.readouterr().err
     assert main(["export", study, "base", "--cache", cache, "-o", str(tmp_path)]) == 1  # no chart
+
+
+def test_study_show_prints_the_headline_before_the_table(showcase, capsys):
+    from mechstudy.engine.cli import main
+
+    res, store = showcase
+    versus = next(p for p in gather(res.plan, store) if p.name == "versus").artifact.data
+    assert main(["show", res.plan.study.path, "versus", "--cache", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"  Spearman \u03c1: {versus['spearman']:.3g}  (rank correlation)" in out
+    assert out.index("Spearman") < out.index("shape: (")
+    assert main(["show", res.plan.study.path, "circuit", "--cache", str(store.root)]) == 0
+    assert "circuit [threshold=100.0]: empty: ACDC pruned every edge" in capsys.readouterr().out
