@@ -132,7 +132,8 @@ def _brief(v: object, depth: int = 0) -> str:
 
 # Declarations an operator's example may use without repeating them (as tests/test_registry.py).
 EXAMPLE_HEADER = 'model m = zoo "mini"\ndataset ioi = ioi(n=8)\n'
-_RULES = ("study_header", "use", "model_decl", "dataset_call", "dataset_file", "op_statement", "result_name",
+_RULES = ("study_header", "use", "model_decl", "dataset_call", "dataset_file", "corpus_decl", "op_statement",
+          "result_name",
           "plot", "option", "clause", "layer_set", "position_set", "literal", "range", "list")
 
 
@@ -253,7 +254,9 @@ def language_reference() -> str:
         out.extend(_params_table(s.params))
         if s.example:
             out.extend(["```study", op_example_study(s).rstrip(), "```", ""])
-    out.extend(["## Datasets", "", "`dataset NAME = GENERATOR(option=value, ...)`; `study datasets` prints the same.", ""])
+    out.extend(["## Datasets and corpora", "", "`dataset NAME = GENERATOR(option=value, ...)` (or `dataset NAME = file \"PATH\" ...`);",
+                "`corpus NAME = SOURCE \"REF\" ...` declares text packed into rows of tokens (`corpus.SOURCE` below).",
+                "`study datasets` prints the same.", ""])
     for ds in sorted(spec.DATASETS.values(), key=lambda d: d.name):
         out.append(f"### `{ds.name}` (version {ds.version})")
         out.append("")

@@ -6,7 +6,7 @@ whitespace (the tests check that the token sequence and the plan are unchanged).
 
 - one space between words; none inside brackets, before a comma or around ``..``; one after
   a comma; ``k=v`` options without spaces; `` = `` binding a name (``model m = ...``,
-  ``dataset d = gen(...)``, ``heads = patch ...``);
+  ``dataset d = gen(...)``, ``corpus c = text "..."``, ``heads = patch ...``);
 - in a block of named statements (lines between blank lines), the ``=`` signs line up;
 - trailing comments on consecutive lines line up, two spaces after the longest code; comment
   lines start at column 0;
@@ -36,6 +36,7 @@ _TOKEN = re.compile(r"""
 """, re.X)
 
 _OPEN, _CLOSE = "([", ")]"
+_DECLARATIONS = ("model", "dataset", "corpus")  # `KEYWORD NAME = ...`: the "=" binds a name
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def _binding_eq(toks: list[Tok], i: int) -> bool:
     words = [t.text for t in toks[:i]]
     if len(words) == 1 and toks[0].kind == "name":
         return True  # NAME = VERB ...
-    return len(words) == 2 and words[0] in ("model", "dataset") and toks[1].kind == "name"
+    return len(words) == 2 and words[0] in _DECLARATIONS and toks[1].kind == "name"
 
 
 def _join(toks: list[Tok], first_line: bool) -> tuple[str, str]:
@@ -118,8 +119,7 @@ def format_text(text: str, path: str = "<study>") -> str:
             lines.append(_Line("comment", comment=comment, continued=continued))
             continue
         head, body = _join(toks, first_line=not continued)
-        named = bool(head) and not continued and head not in ("model", "dataset") and not head.startswith(
-            ("model ", "dataset "))
+        named = bool(head) and not continued and head.split(" ")[0] not in _DECLARATIONS
         lines.append(_Line("code", head, body, comment, cont, continued, align=named))
         continued = cont
     # Align the "=" of named statements within each block (lines between blank lines).

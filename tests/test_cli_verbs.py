@@ -143,3 +143,8 @@ def test_new_writes_a_study_that_runs_on_mini(tmp_path, capsys, monkeypatch):
     assert "report: out/mine/report.html" in out and Path("out/mine/report.html").is_file()
     assert cli.main(["show", "mine.study", "heads", "--cache", "cache", "--format", "csv"]) == 0
     assert capsys.readouterr().out.startswith("layer,head,effect")
+
+
+def test_fmt_binds_every_declaration_keyword():
+    text = 'corpus  web=text "notes.txt"  tokens = 64\nlens resid_post in all layers of m over web\n'
+    assert format_text(text) == 'corpus web = text "notes.txt" tokens=64\nlens resid_post in all layers of m over web\n'
