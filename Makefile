@@ -6,7 +6,7 @@ STUDY  := $(VENV)/bin/study
 # torch first and alone: the pinned CPU wheel is on local disk; an unpinned torch pulls CUDA.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test zoo bench browser clean-cache lock
+.PHONY: setup demo test zoo groundtruth bench browser clean-cache lock
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,6 +41,17 @@ test: setup browser
 
 zoo: setup
 	$(PY) -m mechstudy.stdlib.zoo.build all
+
+# Recompile the ground-truth models (stdlib/zoo/models/{induction-handwired,tracr-*}). tracr needs
+# JAX, so it gets its own venv (the locked set, then the `groundtruth` extra); .venv never has it.
+GT_VENV ?= .venv-groundtruth
+groundtruth:
+	test -x $(GT_VENV)/bin/python || python3 -m venv $(GT_VENV)
+	$(GT_VENV)/bin/python -m pip install -q --no-deps $(TORCH)
+	$(GT_VENV)/bin/python -m pip install -q --no-deps -r requirements.lock
+	$(GT_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(GT_VENV)/bin/python -m pip install -q tracr-pypi
+	$(GT_VENV)/bin/python -m mechstudy.stdlib.groundtruth.build all
 
 # Re-resolve pyproject.toml's ranges in a throwaway venv and rewrite requirements.lock. Deliberate:
 # review the diff, run `make test`, commit both files together.

@@ -238,7 +238,8 @@ def test_tracr_rebuild_is_bit_identical(tmp_path):
     for name, make in (("tracr-xproportion", programs.build_xproportion), ("tracr-reverse", programs.build_reverse)):
         c, _ = make()
         d = craft.save(c, tmp_path / name)
-        assert (d / "model.safetensors").read_bytes() == (ZOO_DIR / name / "model.safetensors").read_bytes()
+        for f in ("model.safetensors", "crafted.safetensors", "crafted.json"):
+            assert (d / f).read_bytes() == (ZOO_DIR / name / f).read_bytes(), (name, f)
 
 
 def test_shipped_files_are_small_and_safe():

@@ -1,4 +1,5 @@
-"""Build the ground-truth models into `stdlib/zoo/models/`: `python -m mechstudy.stdlib.groundtruth.build [all|NAME]`.
+"""Build the ground-truth models into `stdlib/zoo/models/`: `python -m mechstudy.stdlib.groundtruth.build [all|NAME]`
+(`make groundtruth` does it in a venv of its own with tracr).
 
 `induction-handwired` needs nothing beyond the project; `tracr-xproportion` and `tracr-reverse`
 need tracr (`pip install -e '.[groundtruth]'`, which brings tracr-pypi and JAX), only here: the
@@ -23,7 +24,8 @@ from mechstudy.stdlib.groundtruth import craft, induction, programs, truth
 from mechstudy.stdlib.zoo import MODELS_DIR
 
 NAMES = ("induction-handwired", "tracr-xproportion", "tracr-reverse")
-HELD_OUT_SEED = 20261129  # never used by a dataset default; the measurements' inputs
+HELD_OUT_SEED = 20261129
+STUDY = {"induction-handwired": "induction", "tracr-xproportion": "xproportion", "tracr-reverse": "reverse"}  # never used by a dataset default; the measurements' inputs
 
 
 def load_hf(directory: Path) -> Any:
@@ -211,7 +213,10 @@ Connected edges whose receiver never reaches the logits (distractors): {', '.joi
 ## Measured
 
 Exactness on held-out inputs (seed {HELD_OUT_SEED}): {exact}. ({ex['what']}.)
-{tracr_line}"""
+{tracr_line}
+How ACDC, EAP and path patching score against this circuit: `study run studies/groundtruth/{STUDY[name]}.study`
+(the numbers are asserted in `tests/test_score_circuit.py`).
+"""
 
 
 def main(argv: list[str] | None = None) -> int:

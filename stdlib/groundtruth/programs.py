@@ -25,6 +25,7 @@ RASP indices count from the first token after BOS (the compiled model's position
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -104,15 +105,26 @@ def compile_tracr(program: Any, vocab: Sequence[str], max_len: int) -> Any:
                                            compiler_bos=BOS, compiler_pad=PAD)
 
 
+def stable_label(label: str) -> str:
+    """tracr suffixes every SOp's name with a process-wide counter ("opp_idx_3:5"), which changes
+    with what was built before; the residual labels drop it ("opp_idx:5").
+
+    >>> stable_label("opp_idx_3:5"), stable_label("frac_prevs_1"), stable_label("indices:10")
+    ('opp_idx:5', 'frac_prevs', 'indices:10')
+    """
+    return re.sub(r"^([A-Za-z][A-Za-z_]*?)_\d+(?=:|$)", r"\1", label)
+
+
 def from_tracr(model: Any, name: str, output: str, numerical_token: str | None = None,
                meta: dict | None = None) -> Crafted:
     """A tracr `AssembledTransformerModel` as a `Crafted`: the same matrices over tracr's residual
     labels, attention scale 1/sqrt(key_size), plus an unembedding that reads the program's output
-    (`output`, its label: tracr suffixes names with a unique id, e.g. "frac_prevs_1") with weight LOGIT: categorical values into the logits of the tokens of the
+    (`output`, its label) with weight LOGIT: categorical values into the logits of the tokens of the
     same name, a numerical value into the logit of `numerical_token`."""
     p = {k: {kk: np.asarray(vv, dtype=np.float64) for kk, vv in v.items()} for k, v in model.params.items()}
     cfg = model.model_config
-    labels = [str(lab) for lab in model.residual_labels]
+    labels = [stable_label(str(lab)) for lab in model.residual_labels]
+    output = stable_label(output)
     enc = model.input_encoder.encoding_map
     vocab = [t for t, _ in sorted(enc.items(), key=lambda kv: kv[1])] + [UNK]
     if vocab[:2] != [BOS, PAD]:
