@@ -62,8 +62,7 @@ def reverse_cases(c: craft.Crafted, n: int = 256, seed: int = HELD_OUT_SEED) -> 
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        m = rng.randint(2, (programs.REVERSE_MAX_LEN - 1 + 1) // 2 + 1)
-        m = min(m, programs.REVERSE_MAX_LEN - 1)
+        m = rng.randint(2, programs.REVERSE_MAX_LEN // 2 + 1)
         k = rng.randint(0, min(m - 1, programs.REVERSE_MAX_LEN - 1 - m))
         x = [rng.choice(programs.REVERSE_VOCAB) for _ in range(m)]
         out.append(x + [programs.SEP] + x[::-1][:k])

@@ -28,7 +28,6 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -283,7 +282,3 @@ def load_crafted(directory: str | Path) -> Crafted:
         layers.append(Layer(heads, mlp, t.get(f"{i}.attn_bias")))
     return Crafted(info["name"], info["residual"], info["tokens"], t["token_embed"], t["pos_embed"], layers,
                    t["unembed"], info["bos"], info["pad"], info["unk"], info["scale"], info["meta"])
-
-
-def ids_of(c: Crafted, words: Sequence[str]) -> list[int]:
-    return [c.token_id(w) for w in words]
