@@ -96,6 +96,10 @@ class Artifact:
     tensors: Mapping[str, Any] = field(default_factory=dict)  # name -> torch.Tensor
     tables: Mapping[str, Any] = field(default_factory=dict)  # name -> polars.DataFrame
     data: Mapping[str, Any] = field(default_factory=dict)  # JSON-serialisable
+    # The store entry's directory when the artifact was read from the store (None when built in
+    # memory). Not part of its value: it lets an operator re-open a large input's safetensors file
+    # window by window (the activation store) instead of keeping every page it touched mapped.
+    path: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,11 @@ class OpSpec:
     doc: str = ""
     example: str | None = None  # a runnable statement, checked by tests
     module: str = ""
+    # validate(params) -> None, called by the checker with each sweep point's values (defaults filled
+    # in; models, datasets and results as references): raises ValueError for a mistake that no single
+    # parameter's type or choices catch (a combination, a range), optionally with `.message`,
+    # `.option` (the parameter to point the caret at) and `.hint`, like DatasetSpec.prepare.
+    validate: Callable[[dict], None] | None = None
 
     def param(self, name: str) -> Param | None:
         for p in self.params:

@@ -207,4 +207,4 @@ def _read_payload(d: Path, m: dict[str, Any]) -> Artifact:
             tables[name[len("table-") : -len(".parquet")]] = pl.read_parquet(d / name)
     if "data.json" in files:
         data = json.loads((d / "data.json").read_text())
-    return Artifact(tensors=tensors, tables=tables, data=data)
+    return Artifact(tensors=tensors, tables=tables, data=data, path=str(d))

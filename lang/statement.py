@@ -66,7 +66,23 @@ def resolve_statement(c: Scope, stmt: ast.OpStmt, name: str, anonymous: bool) ->
     if values is None:
         return None
     points, swept = sweep_points(values, stmt.span)
+    if op.validate is not None and not _validated(c, m, op, points, stmt):
+        return None
     return Call(name=name, op=op.name, points=points, sweep=swept, span=stmt.span, anonymous=anonymous)
+
+
+def _validated(c: Scope, m: "_Mapper", op: OpSpec, points: tuple, stmt: ast.OpStmt) -> bool:
+    """The operator's own check of each point's values (`OpSpec.validate`); errors at the option."""
+    for point in points:
+        try:
+            op.validate(op.complete(dict(point)))
+        except ValueError as e:
+            option = getattr(e, "option", None)
+            span = m.given[option][1] if option in m.given else stmt.span
+            c.err(StudyTypeError(span, f"'{stmt.verb.text}': " + (getattr(e, "message", None) or str(e)),
+                                 getattr(e, "hint", None)))
+            return False
+    return True
 
 
 def _pick_op(ops: list[OpSpec], stmt: ast.OpStmt) -> OpSpec:
