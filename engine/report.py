@@ -188,7 +188,7 @@ details > summary { cursor:pointer; font-weight:600; font-size:14px; margin-bott
 #plan .tablewrap { display:block; max-height:none; overflow:visible; }
 #plan table { width:100%; table-layout:fixed; }
 #plan td, #plan th { white-space:normal; overflow-wrap:anywhere; vertical-align:top; }
-#plan col.op { width:110px; } #plan col.key { width:150px; } #plan col.cache { width:90px; } #plan col.time { width:120px; }
+#plan col.op { width:140px; } #plan col.key { width:150px; } #plan col.cache { width:90px; } #plan col.time { width:120px; }
 #plan td.label { font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; }
 footer { color:var(--muted); font-size:12px; margin-top:32px; }
 @media (max-width: 1100px) { .layout { display:block; } nav.toc { position:static; max-height:none; padding:20px 28px 0; }
@@ -414,7 +414,7 @@ def render_report(*, title: str, sections: Iterable[Mapping], plan_rows: Iterabl
         hl = ""
         if items:
             label, value = items[0][0], items[0][1].splitlines()[0] if items[0][1] else ""
-            hl = f"top: {value}" if label.startswith("largest") else f"{label} {value}"
+            hl = f"top: {value}" if label.startswith(("largest", "smallest")) else f"{label} {value}"
         elif sec.get("empty"):
             hl = "empty"
         toc.append((slug, str(sec.get("name", "")), sec.get("status"), hl))

@@ -103,8 +103,16 @@ def unit_name(row: Mapping[str, Any], tokens: list[str] | None = None) -> str:
     return " ".join(parts)
 
 
-def largest_effects(table: Any, tokens: list[str] | None = None, k: int = TOP_UNITS) -> Headline | None:
-    """The k units with the largest |effect| in a unit-indexed table, as one headline line."""
+def largest_effects(table: Any, tokens: list[str] | None = None, k: int = TOP_UNITS,
+                    noising: bool = False) -> Headline | None:
+    """The k units with the largest |effect| in a unit-indexed table, as one headline line; for
+    noising (corrupted into clean: 1 = the unit does not matter) the k smallest effects.
+
+    >>> import polars as pl
+    >>> t = pl.DataFrame({"layer": [0, 0, 1], "head": [0, 1, 0], "effect": [0.9, -0.2, 0.5]})
+    >>> largest_effects(t, k=2).value, largest_effects(t, k=1, noising=True).label
+    ('L0H0  0.9\\nL1H0  0.5', 'smallest effect (noising: low = necessary; of 3 units)')
+    """
     if table is None or "effect" not in table.columns or table.height < 2:
         return None
     units = [c for c in UNIT_COLUMNS if c in table.columns and table.schema[c].is_integer()]
@@ -112,9 +120,11 @@ def largest_effects(table: Any, tokens: list[str] | None = None, k: int = TOP_UN
         return None
     import polars as pl
 
-    top = table.filter(pl.col("effect").is_finite()).sort(pl.col("effect").abs(), descending=True).head(k)
+    finite = table.filter(pl.col("effect").is_finite())
+    top = finite.sort("effect").head(k) if noising else finite.sort(pl.col("effect").abs(), descending=True).head(k)
     text = "\n".join(f"{unit_name(r, tokens)}  {fmt_value(r['effect'])}" for r in top.select(*units, "effect").to_dicts())
-    return Headline(f"largest |effect| (of {table.height:,} units)", text) if text else None
+    label = ("smallest effect (noising: low = necessary; " if noising else "largest |effect| (") + f"of {table.height:,} units)"
+    return Headline(label, text) if text else None
 
 
 # ---------------------------------------------------------------------------- token labels
@@ -243,7 +253,8 @@ class ResultPoint:
         return out
 
     def headline(self) -> list[Headline]:
-        top = largest_effects(self.table, self.tokens)
+        noising = (self.artifact.data or {}).get("direction") == "noising"
+        top = largest_effects(self.table, self.tokens, noising=noising)
         return ([top] if top else []) + declared_headline(self.artifact.data or {})
 
     def empty(self) -> str | None:

@@ -13,7 +13,7 @@ The chart-table convention, which keeps every chart generic over every operator:
   =========  ===================================================================
   heatmap    y = ``layer``; x = ``head`` if present, else ``position``;
              colour = ``value`` hint, else ``effect``, else the one other numeric
-             column. Diverging scale, symmetric about 0.
+             column; white at 0, spanning the data (`colour_scale`).
   line       x = ``layer`` (else the first numeric column); y = ``effect`` (else
              the next numeric column); colour by ``series`` if present.
   bar        x = the first non-numeric column (else the first column); y as line.
@@ -32,9 +32,10 @@ The chart-table convention, which keeps every chart generic over every operator:
 >>> from mechstudy.engine.spec import Artifact
 >>> t = pl.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "effect": [0.5, -1.0, 0.0, 2.0]})
 >>> spec = render_heatmap(Artifact(tables={"result": t}), "demo")
->>> spec["mark"]["type"], spec["encoding"]["x"]["field"], spec["encoding"]["y"]["field"]
-('rect', 'head', 'layer')
->>> spec["encoding"]["color"]["scale"]["domain"]
+>>> cells, values = spec["layer"]  # a grid this small also prints each cell's value
+>>> cells["mark"]["type"], cells["encoding"]["x"]["field"], cells["encoding"]["y"]["field"], values["mark"]["type"]
+('rect', 'head', 'layer', 'text')
+>>> cells["encoding"]["color"]["scale"]["domain"]
 [-2.0, 2.0]
 """
 
@@ -230,11 +231,13 @@ def _js_str(s: str) -> str:
 
 @spec.chart("heatmap")
 def render_heatmap(artifact: Artifact, title: str | None) -> dict:
-    """Layer x head (or layer x position) heatmap; diverging colour centred on 0.
+    """Layer x head (or layer x position) heatmap; the colour of 0 is white.
 
-    The colour scale spans the data, symmetric about 0, unless the hints fix one with
-    ``"domain": [lo, hi]``; cells beyond a fixed scale are drawn at its end colour, outlined,
-    and counted in the chart's notes (`meta`). Cells are sized to the grid."""
+    The colour scale spans the data: diverging (red negative, blue positive) and symmetric about
+    0 when the data have both signs, from 0 to the largest value (the scheme's blue half, or its
+    red half for negative data) when they have one. Hints may fix a scale with ``"domain": [lo, hi]``; cells beyond it
+    are drawn at its end colour, outlined, and counted in the chart's notes (`meta`). Cells are
+    sized to the grid; small grids print each cell's value."""
     df, hints = _table(artifact), _hints(artifact)
     title = title or hints.get("title")
     if artifact.data.get("empty") or df.height == 0:
@@ -251,35 +254,62 @@ def render_heatmap(artifact: Artifact, title: str | None) -> dict:
     cw, ch = _cells(n_x, cap_w, CELL_MAX, CELL_MIN), _cells(n_y, PLOT_H, ROW_MAX, ROW_MIN)
     vals = _finite_values(df, value)
     lo, hi = (float(vals.min()), float(vals.max())) if len(vals) else (0.0, 0.0)
-    fixed = hints.get("domain")
-    domain = [float(fixed[0]), float(fixed[1])] if fixed else _symmetric_domain(df, value)
+    domain, scale = colour_scale(lo, hi, hints.get("domain"))
     beyond = int(((vals < domain[0]) | (vals > domain[1])).sum()) if len(vals) else 0
-    mid = 0.0 if domain[0] < 0 < domain[1] else (domain[0] + domain[1]) / 2
-    legend = alt.Legend(values=sorted({domain[0], mid, domain[1]}), format=".3~g", title=value,
-                        gradientLength=max(100, min(ch * n_y, 300)), labelFontSize=12)
-    colour = alt.Color(value, type="quantitative", legend=legend,
-                       scale=alt.Scale(scheme="redblue", domain=domain, domainMid=mid, clamp=True, nice=False))
+    ticks = sorted({domain[0], domain[1], *([0.0] if domain[0] < 0 < domain[1] else [])})
+    legend = alt.Legend(values=ticks, format=".3~g", title=value, gradientLength=max(100, min(ch * n_y, 300)),
+                        labelFontSize=12)
+    colour = alt.Color(value, type="quantitative", legend=legend, scale=scale)
     upright = cw >= 40 or (df.schema[x].is_numeric() and cw >= 24)
     x_axis = alt.Axis(labelAngle=0 if upright else -45, labelOverlap="greedy" if cw < 14 else False,
                       labelFontSize=12, titleFontSize=13, labelLimit=100)
     base = alt.Chart(alt.Data(values=_values(df)))
     enc = dict(x=alt.X(x, type="ordinal", title=x, axis=x_axis),
                y=alt.Y(y, type="ordinal", title=y, axis=alt.Axis(labelFontSize=12, titleFontSize=13)))
-    chart: Any = base.mark_rect().encode(**enc, color=colour, tooltip=_tooltips(df))
+    layers: list[Any] = [base.mark_rect().encode(**enc, color=colour, tooltip=_tooltips(df))]
+    v = f"datum[{_js_str(value)}]"
+    if n_x * n_y * n_panels <= MAX_LABELLED and cw >= 40 and ch >= 24:
+        dark = round(0.55 * max(abs(domain[0]), abs(domain[1])), 6)  # white text on the darker cells
+        layers.append(base.mark_text(fontSize=11).encode(
+            **enc, text=alt.Text(value, type="quantitative", format=".2f"),
+            color=alt.condition(f"abs({v}) > {dark!r}", alt.value("white"), alt.value("#1f2933"))))
     clipped = None
     if beyond:
-        v = f"datum[{_js_str(value)}]"
-        ring = base.transform_filter(f"{v} < {domain[0]!r} || {v} > {domain[1]!r}").mark_rect(
-            fill=None, stroke="#111", strokeWidth=2).encode(**enc)
-        chart = alt.layer(chart, ring)
+        layers.append(base.transform_filter(f"{v} < {domain[0]!r} || {v} > {domain[1]!r}").mark_rect(
+            fill=None, stroke="#111", strokeWidth=2).encode(**enc))
         clipped = (f"{beyond} cell{'s' if beyond != 1 else ''} beyond the fixed colour scale "
                    f"[{_fmt(domain[0])}, {_fmt(domain[1])}] (data {_fmt(lo)} to {_fmt(hi)}) "
                    "drawn at its end colours and outlined")
-    chart = chart.properties(width=cw * n_x, height=ch * n_y)
-    scale = (f"{value}: colour scale centred on {_fmt(mid)}, from {_fmt(domain[0])} to {_fmt(domain[1])}; "
-             f"data from {_fmt(lo)} to {_fmt(hi)}")
+    chart = (layers[0] if len(layers) == 1 else alt.layer(*layers)).properties(width=cw * n_x, height=ch * n_y)
+    note = (f"{value}: colour from {_fmt(domain[0])} to {_fmt(domain[1])}, white at 0"
+            f"{' (symmetric)' if domain[0] == -domain[1] else ''}; data from {_fmt(lo)} to {_fmt(hi)}")
     out = _finish(chart, df, {**hints, "facet": facet}, title, columns=max(1, 900 // (cw * n_x + 50)))
-    return _with_meta(out, clipped=clipped, scale=scale)
+    return _with_meta(out, clipped=clipped, scale=note)
+
+
+MAX_LABELLED = 64  # grids of at most this many cells print their values
+
+
+def colour_scale(lo: float, hi: float, fixed: Any = None) -> tuple[list[float], alt.Scale]:
+    """(domain, scale) for data from lo to hi: white at 0, spanning the data.
+
+    >>> colour_scale(-0.5, 2.0)[0], colour_scale(0.59, 1.14)[0], colour_scale(-3.0, -1.0)[0]
+    ([-2.0, 2.0], [0.0, 1.14], [-3.0, 0.0])
+    """
+    if fixed:
+        d = [float(fixed[0]), float(fixed[1])]
+        mid = 0.0 if d[0] < 0 < d[1] else (d[0] + d[1]) / 2
+        return d, alt.Scale(scheme="redblue", domain=d, domainMid=mid, clamp=True, nice=False)
+    # One sign: the diverging scheme's half for that sign, so 0 is the same near-white and a value
+    # the same colour as on a symmetric scale of the same extent.
+    if lo >= 0 and hi > 0:
+        return [0.0, hi], alt.Scale(scheme=alt.SchemeParams(name="redblue", extent=[0.5, 1.0]),
+                                    domain=[0.0, hi], clamp=True, nice=False)
+    if hi <= 0 and lo < 0:
+        return [lo, 0.0], alt.Scale(scheme=alt.SchemeParams(name="redblue", extent=[0.0, 0.5]),
+                                    domain=[lo, 0.0], clamp=True, nice=False)
+    m = max(abs(lo), abs(hi)) or 1.0  # both signs (or all zero): symmetric, so equal colours mean equal sizes
+    return [-m, m], alt.Scale(scheme="redblue", domain=[-m, m], domainMid=0.0, clamp=True, nice=False)
 
 
 def _xy_defaults(df: pl.DataFrame, hints: dict, kind: str, x_default: str | None) -> tuple[str, str]:
@@ -364,14 +394,17 @@ def render_scatter(artifact: Artifact, title: str | None) -> dict:
     nums = _numeric_cols(df)
     x = _need(df, hints.get("x") or (nums[0] if nums else None), "x", "scatter")
     y = _need(df, hints.get("y") or next((c for c in nums if c != x), None), "y", "scatter")
+    # The axes span the data (not from 0): AtP against patching often lies far from the origin.
     enc: dict[str, Any] = {
-        "x": alt.X(x, type="quantitative", title=x),
-        "y": alt.Y(y, type="quantitative", title=y),
+        "x": alt.X(x, type="quantitative", title=x, scale=alt.Scale(zero=False)),
+        "y": alt.Y(y, type="quantitative", title=y, scale=alt.Scale(zero=False)),
         "tooltip": _tooltips(df),
     }
     if hints.get("color"):
         c = _need(df, hints["color"], "color", "scatter")
-        enc["color"] = alt.Color(c, type=_vl_type(df, c))
+        few = df.schema[c].is_integer() and df.get_column(c).n_unique() <= 12  # layers: categories, not a ramp
+        enc["color"] = (alt.Color(c, type="ordinal", scale=alt.Scale(scheme="tableau10")) if few
+                        else alt.Color(c, type=_vl_type(df, c)))
     base = alt.Chart(alt.Data(values=_values(df)))
     layers = [base.mark_circle(size=60, opacity=0.8).encode(**enc)]
     if hints.get("label"):
@@ -382,7 +415,8 @@ def render_scatter(artifact: Artifact, title: str | None) -> dict:
         col = col.filter(col.is_finite())
         lo, hi = (float(col.min()), float(col.max())) if len(col) else (0.0, 1.0)
         diag = alt.Chart(alt.Data(values=[{"d": lo}, {"d": hi}])).mark_line(color="#999", strokeDash=[4, 4])
-        layers.insert(0, diag.encode(x=alt.X("d", type="quantitative"), y=alt.Y("d", type="quantitative")))
+        layers.insert(0, diag.encode(x=alt.X("d", type="quantitative", scale=alt.Scale(zero=False)),
+                                     y=alt.Y("d", type="quantitative", scale=alt.Scale(zero=False))))
     chart = layers[0] if len(layers) == 1 else alt.layer(*layers)
     return _finish(chart.properties(width=400, height=400), df, hints, title)
 

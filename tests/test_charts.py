@@ -38,6 +38,12 @@ def render(kind: str, tables: dict, hints: dict | None = None, title: str | None
     return out
 
 
+def cells(spec: dict) -> dict:
+    """The heatmap's rect view (small grids add a text layer with the values; the layers then
+    share the data at the top)."""
+    return spec if "mark" in spec else {"data": spec.get("data"), **spec["layer"][0]}
+
+
 def values(view: dict) -> list[dict]:
     assert "url" not in view["data"]  # data is always inline
     return view["data"]["values"]
@@ -58,32 +64,38 @@ def test_all_kinds_registered_and_compile_to_vega():
 
 def test_heatmap_layer_by_head():
     s = render("heatmap", {"result": HEADS}, title="heads")
-    assert s["mark"]["type"] == "rect" and s["title"] == "heads"
-    enc = s["encoding"]
+    assert cells(s)["mark"]["type"] == "rect" and s["title"] == "heads"
+    text = s["layer"][1]  # 6 cells: each prints its value, white on the dark ones
+    assert text["mark"]["type"] == "text" and text["encoding"]["text"] == {
+        "field": "effect", "type": "quantitative", "format": ".2f"}
+    assert text["encoding"]["color"]["condition"]["test"] == 'abs(datum["effect"]) > 1.65'
+    enc = cells(s)["encoding"]
     assert (enc["x"]["field"], enc["x"]["type"]) == ("head", "ordinal")
     assert (enc["y"]["field"], enc["y"]["type"]) == ("layer", "ordinal")
     assert enc["color"]["field"] == "effect"
     scale = enc["color"]["scale"]
     assert scale["domain"] == [-3.0, 3.0] and scale["domainMid"] == 0 and scale["scheme"] == "redblue"
     assert [t["field"] for t in enc["tooltip"]] == ["layer", "head", "effect"]
-    assert values(s) == HEADS.to_dicts()
+    assert values(cells(s)) == HEADS.to_dicts()
 
 
 def test_heatmap_layer_by_position_and_value_hint():
     s = render("heatmap", {"result": POSITIONS}, {"value": "logit_diff", "title": "from hint"})
-    enc = s["encoding"]
+    enc = cells(s)["encoding"]
     assert enc["x"]["field"] == "position" and enc["color"]["field"] == "logit_diff"
-    assert enc["color"]["scale"]["domain"] == [-4.0, 4.0]
+    # logit_diff is 1..4, all positive: the blue half of the diverging scheme, from 0 (white) up.
+    assert enc["color"]["scale"] == {"scheme": {"name": "redblue", "extent": [0.5, 1.0]}, "domain": [0.0, 4.0],
+                                     "clamp": True, "nice": False}
     assert "token" in [t["field"] for t in enc["tooltip"]]
     assert s["title"] == "from hint"
-    assert values(s) == POSITIONS.to_dicts()
+    assert values(cells(s)) == POSITIONS.to_dicts()
     # The statement's title wins over the operator's hint.
     assert render("heatmap", {"result": POSITIONS}, {"title": "hint"}, title="plot")["title"] == "plot"
 
 
 def test_heatmap_value_column_fallbacks_and_errors():
     only = HEADS.rename({"effect": "score"})
-    assert render("heatmap", {"result": only})["encoding"]["color"]["field"] == "score"
+    assert cells(render("heatmap", {"result": only}))["encoding"]["color"]["field"] == "score"
     two = only.with_columns(other=pl.lit(1.0))
     with pytest.raises(ValueError, match=r"no column for value.*\['layer', 'head', 'score', 'other'\]"):
         render("heatmap", {"result": two})
@@ -96,7 +108,7 @@ def test_heatmap_value_column_fallbacks_and_errors():
 def test_nan_becomes_null_and_nested_columns_are_dropped():
     t = HEADS.with_columns(effect=pl.Series([math.nan, 1.0, -2.0, 0.0, math.inf, 0.5]),
                            tokens=pl.Series([["a", "b"]] * 6))
-    s = render("heatmap", {"result": t})
+    s = cells(render("heatmap", {"result": t}))
     vals = values(s)
     assert vals[0]["effect"] is None and vals[4]["effect"] is None and vals[2]["effect"] == -2.0
     assert all("tokens" not in v for v in vals)

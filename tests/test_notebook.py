@@ -70,7 +70,7 @@ def test_run_table_chart_tensor(executed):
     out, _ = _outputs(nb.cells[1])
     assert out.strip() == f"{t.shape} {round(t['effect'].max(), 6)}" and t.shape == (12, 4)
     out, _ = _outputs(nb.cells[2])
-    assert out.strip() == "Chart (3, 4)"
+    assert out.strip() == "LayerChart (3, 4)"  # a 3 x 4 heatmap: cells and their printed values
 
 
 def test_rich_display_shows_headline_chart_and_table(executed):

@@ -178,3 +178,14 @@ def test_study_show_prints_the_headline_before_the_table(showcase, capsys):
     assert out.index("Spearman") < out.index("shape: (")
     assert main(["show", res.plan.study.path, "circuit", "--cache", str(store.root)]) == 0
     assert "circuit [threshold=100.0]: empty: ACDC pruned every edge" in capsys.readouterr().out
+
+
+def test_noising_headline_lists_the_smallest_effects(page, showcase):
+    dom, _ = page
+    res, store = showcase
+    t = next(p for p in gather(res.plan, store) if p.name == "heads_n").table
+    low = t.sort("effect").row(0, named=True)
+    sec = dom[dom.index('id="s-heads_n"'):]
+    sec = sec[:sec.index("</section>")]
+    assert "smallest effect (noising: low = necessary" in sec and f"L{low['layer']}H{low['head']}" in sec
+    assert low["effect"] < 0.8  # on mini a head of layer 0 is necessary; the rest stay near 1
