@@ -1,7 +1,12 @@
 """What an operator's `run(inputs, params, ctx)` may ask of the engine.
 
-Only execution concerns live here (device, chunk budget, loaded-model memo, logging):
+Only execution concerns live here (device, chunk budget, loaded-model memo, logging, progress):
 nothing in a Context may change an operator's numbers, which is why none of it is keyed.
+
+Long loops call `ctx.progress(done, total, note)` once per batch / step / chunk: it records a
+progress event (engine/nodeprogress.py, which `study run` displays) and raises `Interrupted` when the
+user asked the run to stop, so that Ctrl-C and SIGTERM stop a run within seconds even inside a
+long node. The engine commits nothing for a node that raised it.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mechstudy.engine import spec
+from mechstudy.engine import nodeprogress, spec
 from mechstudy.engine.spec import Artifact
 
 _MODEL_MEMO: dict[tuple[str, str], Any] = {}
@@ -35,11 +40,24 @@ class Context:
         max_rows: how many sequences one batched forward may hold (patch variants are
             chunked to this). Measured on 2-core CPUs: throughput peaks near 32.
         log: a callable taking one line of text.
+        key, op: the node being computed ("" outside a run).
     """
 
     device: str = field(default_factory=auto_device)
     max_rows: int = 32
     log: Callable[[str], None] = lambda msg: None
+    key: str = ""
+    op: str = ""
+
+    def progress(self, done: int, total: int, note: str = "") -> None:
+        """Report that `done` of `total` units of this node's work are finished (`note`: what the
+        units are, or a short status such as "loss 0.031"). Call it once per batch, step or chunk.
+
+        Raises `engine.nodeprogress.Interrupted` when a stop was requested (Ctrl-C, SIGTERM): let
+        it propagate; the engine commits nothing for this node and the run exits with code 130.
+        The events go to `engine.nodeprogress` subscribers (`study run` displays them).
+        """
+        nodeprogress.report(self.key, self.op, done, total, note)
 
     def model(self, model_artifact: Artifact) -> Any:
         """The loaded model adapter for a `model` node's artifact; loaded once per process

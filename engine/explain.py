@@ -53,7 +53,8 @@ def explain(plan: Plan, store: Store | None = None, keys: bool = True) -> str:
         args = ", ".join(ids[c.key] for _, c in n.inputs)
         line = f"{ids[n.key]} := {n.op}" + (f"[{args}]" if args else "") + (f" {node_label(n)}" if n.params else "")
         if keys:
-            status = ("cached" if store.has(n.key) else "missing") if store is not None else ""
+            # "cached", "missing", "imported" (an untrusted pack's entry) or "damaged" (checksums checked)
+            status = store.status(n.key).split(":")[0] if store is not None else ""
             line += f"  # {n.key[:16]}" + (f" {status}" if status else "")
         lines.append(line)
     for name, res in plan.results.items():
@@ -75,8 +76,13 @@ def why(plan: Plan, name: str, lock: dict[str, Any] | None, store: Store) -> str
     old_nodes = (lock or {}).get("nodes", {})
     old_keys = (lock or {}).get("results", {}).get(name, [])
     for i, n in enumerate(plan.results[name].nodes):
-        if store.has(n.key):
-            out.append(f"{name}: cached ({n.dask_key})")
+        status = store.status(n.key)
+        if status in ("cached", "imported"):
+            how = "" if status == "cached" else f", from pack {store.origin(n.key)[:12]}, not computed here"
+            out.append(f"{name}: {status} ({n.dask_key}{how})")
+            continue
+        if status.startswith("damaged"):
+            out.append(f"{name}: will recompute ({n.dask_key}): its cache entry is {status}")
             continue
         old_key = old_keys[i] if i < len(old_keys) else None
         if old_key is None or old_key not in old_nodes:

@@ -5,6 +5,10 @@ Each plan node becomes one Dask task (built with Dask's task-spec classes, keyed
 small references (the node key and how it was obtained), never tensors. Only the part of the
 plan that is needed is turned into tasks: a node whose entry is in the store is a leaf, so a
 warm rerun touches no model at all.
+
+Stopping: a stop request (engine/nodeprogress.py; the CLI makes Ctrl-C and SIGTERM one) makes the
+next `ctx.progress` call of every running node raise `Interrupted`, and a node that finishes
+after the request is not committed either: an interrupted node never enters the store.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from typing import Any, Callable
 
 from dask.task_spec import Task, TaskRef
 
+from mechstudy.engine import nodeprogress
 from mechstudy.engine import spec
 from mechstudy.engine.context import Context
 from mechstudy.engine.plan import Node, walk
-from mechstudy.engine.store import CorruptEntry, Store
+from mechstudy.engine.nodeprogress import Interrupted
+from mechstudy.engine.store import CorruptEntry, Store, StoreAddress
 
 # Model-bound nodes run one at a time per device (within a process): two forwards competing for
 # the same cores or GPU memory are slower than one after the other.
@@ -46,7 +52,7 @@ class OpFailed(Exception):
 class Outcome:
     key: str
     op: str
-    status: str  # "computed" | "cached"
+    status: str  # "computed" | "cached" | "imported" (served by an untrusted pack's entry)
     seconds: float
 
 
@@ -65,31 +71,45 @@ def _ensure_registered(op: str, module: str) -> None:
         importlib.import_module(module)
 
 
-def execute_node(node: Node, module: str, store_root: str, device: str, max_rows: int, *deps: Outcome) -> Outcome:
+def execute_node(node: Node, module: str, store: StoreAddress, device: str, max_rows: int, *deps: Outcome) -> Outcome:
     """The body of every task: cache hit, or compute + store under the per-key lock."""
     _ensure_registered(node.op, module)
-    store = Store(store_root)
-    if store.has(node.key):
-        return Outcome(node.key, node.op, "cached", 0.0)
-    with store.lock(node.key):
-        if store.has(node.key):  # another run computed it while we waited
-            return Outcome(node.key, node.op, "cached", 0.0)
+    st = store.open()
+
+    def hit() -> Outcome:
+        st.mark_used(node.key)
+        return Outcome(node.key, node.op, "cached" if st.origin(node.key) is None else "imported", 0.0)
+
+    if st.has(node.key):
+        return hit()
+    nodeprogress.check()
+    with st.lock(node.key):
+        if st.has(node.key):  # another run computed it while we waited
+            return hit()
         s = spec.OPS[node.op]
-        inputs = {name: store.get(child.key) for name, child in node.inputs}
-        ctx = Context(device=device, max_rows=max_rows)
+        inputs = {}
+        for name, child in node.inputs:
+            inputs[name] = st.get(child.key)
+            st.mark_used(child.key)
+        ctx = Context(device=device, max_rows=max_rows, key=node.key, op=node.op)
         # Every declared parameter reaches run, keyed (params) or not (settings), defaults filled in.
         params = {**dict(node.settings), **dict(node.params)}
         t0 = time.perf_counter()
         try:
-            if s.uses_model:
-                with _device_lock(device):
+            with nodeprogress.running(node.key, node.op):
+                if s.uses_model:
+                    with _device_lock(device):
+                        nodeprogress.check()
+                        art = s.execute(inputs, params, ctx)
+                else:
                     art = s.execute(inputs, params, ctx)
-            else:
-                art = s.execute(inputs, params, ctx)
+        except Interrupted:
+            raise
         except Exception as e:  # noqa: BLE001 - re-raised with the node attached
             raise OpFailed(node, f"{type(e).__name__}: {e}", traceback.format_exc()) from e
         seconds = time.perf_counter() - t0
-        store.put(
+        nodeprogress.check()  # a node that finished after a stop request is not committed
+        st.put(
             node.key,
             art,
             {
@@ -138,14 +158,14 @@ def needed(roots: list[Node], store: Store, warn: Callable[[str], None]) -> list
     return sorted(out.values(), key=lambda n: order[n.key])
 
 
-def to_dask(nodes: list[Node], store_root: str, device: str, max_rows: int) -> dict[str, Task]:
+def to_dask(nodes: list[Node], store: StoreAddress, device: str, max_rows: int) -> dict[str, Task]:
     keys = {n.key for n in nodes}
     graph: dict[str, Task] = {}
     for n in nodes:
         # A dependency that is cached and not itself needed is not a task; it is read from the
         # store by key inside execute_node. Dependencies that are tasks are awaited.
         deps = [TaskRef(child.dask_key) for _, child in n.inputs if child.key in keys]
-        graph[n.dask_key] = Task(n.dask_key, execute_node, n, spec.OPS[n.op].module, store_root, device, max_rows, *deps)
+        graph[n.dask_key] = Task(n.dask_key, execute_node, n, spec.OPS[n.op].module, store, device, max_rows, *deps)
     return graph
 
 
@@ -167,7 +187,7 @@ def run_nodes(
     every worker can reach).
     """
     nodes = needed(roots, store, warn)
-    graph = to_dask(nodes, str(store.root.resolve()), device, max_rows)
+    graph = to_dask(nodes, store.address(), device, max_rows)
     keys = [n.dask_key for n in nodes]
     if on_start is not None:
         on_start(len(keys))  # how many tasks will report: the progress display's total
@@ -185,10 +205,36 @@ def run_nodes(
                 progress(result, done[0], len(keys))
 
         with Callback(posttask=posttask):
-            results = dask.threaded.get(graph, keys)
+            results = _interruptible(lambda: dask.threaded.get(graph, keys))
     else:
         results = _distributed_get(graph, keys, scheduler)
     return {o.key: o for o in results}
+
+
+def _interruptible(fn: Callable[[], Any]) -> Any:
+    """Run `fn` in a helper thread while the main thread waits in short slices.
+
+    A signal (Ctrl-C, SIGTERM) may be delivered to any thread, but Python runs its handler only
+    in the main thread, and only between bytecodes: a main thread blocked in Dask's queue wait
+    would not see it until the running node ends. Waiting in 0.2 s slices lets the handler run
+    within that time, wherever the signal landed."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller as it was raised
+            box["error"] = e
+
+    t = threading.Thread(target=target, name="mechstudy-dask", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _distributed_get(graph: dict, keys: list[str], scheduler: str) -> list[Outcome]:

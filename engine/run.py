@@ -12,7 +12,7 @@ from typing import Any, Callable
 from mechstudy.engine.build import Plan, build_plan
 from mechstudy.engine.graph import Outcome, run_nodes
 from mechstudy.engine.plan import Node, walk
-from mechstudy.engine.store import Store
+from mechstudy.engine.store import Store, record_study, write_text_atomic
 
 LOCK_FORMAT = 1
 _LOCK_PACKAGES = ("mechstudy", "torch", "transformers", "dask", "polars", "safetensors", "lark", "altair")
@@ -27,11 +27,24 @@ def load_stdlib() -> None:
 
 
 def check_and_plan(path: str | Path) -> Plan:
-    """Parse, check and plan a study file; raises lang's StudyErrors for any mistake in it."""
+    """Parse, check and plan a study file; raises lang's StudyErrors for any mistake in it.
+    Under `confine.confined(root)` (a study opened from a pack) its `use`s must stay in root."""
+    from mechstudy.engine.confine import check_study_paths
     from mechstudy.lang import check_file
 
     load_stdlib()
+    check_study_paths(path)
     return build_plan(check_file(str(path)))
+
+
+def pack_view(path: str | Path, store: Store) -> list[Any]:
+    """Give `store` the entries of the imported packs whose own study is `path` (engine/pack.py);
+    returns their records (empty for a study that no pack serves)."""
+    from mechstudy.engine.pack import serving
+
+    recs = serving(store, path)
+    store.overlays = [r.overlay() for r in recs]
+    return recs
 
 
 @dataclass
@@ -70,15 +83,19 @@ def run_study(
     """Check, plan and run a study; write its lock and (unless report=False) its report.
 
     `log` gets a line per computed node and per warning; `events` gets the structured events
-    of engine/progress.py (start, node, warning, finish), which the CLI's displays show."""
+    of engine/progress.py (start, node, progress, warning, finish), which the CLI's displays show.
+    A study that an imported pack serves (engine/pack.py) reads that pack's entries, and only
+    files inside its own directory (engine/confine.py)."""
+    from mechstudy.engine import nodeprogress
+    from mechstudy.engine.confine import for_study
     from mechstudy.engine.context import auto_device
 
     emit = events or (lambda e: None)
 
     t0 = time.perf_counter()
-    plan = check_and_plan(path)
+    nodeprogress.clear_stop()
     store = Store(cache)
-    store.clean_tmp()
+    packs = pack_view(path, store)
     warnings: list[str] = []
 
     def warn(msg: str) -> None:
@@ -86,21 +103,39 @@ def run_study(
         log(f"warning: {msg}")
         emit({"event": "warning", "message": msg})
 
-    def progress(o: Outcome, done: int, total: int) -> None:
-        if o.status == "computed":
-            log(f"  [{done}/{total}] {o.op}-{o.key[:16]} computed in {o.seconds:.2f} s")
-        emit({"event": "node", "key": o.key, "op": o.op, "status": o.status, "seconds": round(o.seconds, 4),
-              "done": done, "total": total})
+    # A study opened from a pack reads files only inside the pack's directory.
+    with for_study(path, from_pack=bool(packs)):
+        plan = check_and_plan(path)
+        store.clean_tmp()
 
-    def start(tasks: int) -> None:
-        emit({"event": "start", "study": str(path), "nodes": len(plan.nodes()), "tasks": tasks})
+        def on_done(o: Outcome, done: int, total: int) -> None:
+            if o.status == "computed":
+                log(f"  [{done}/{total}] {o.op}-{o.key[:16]} computed in {o.seconds:.2f} s")
+            emit({"event": "node", "key": o.key, "op": o.op, "status": o.status, "seconds": round(o.seconds, 4),
+                  "done": done, "total": total})
 
-    outcomes = run_nodes(
-        plan.roots(), store, device=device or auto_device(), max_rows=max_rows, scheduler=scheduler, warn=warn,
-        progress=progress, on_start=start,
-    )
+        def start(tasks: int) -> None:
+            emit({"event": "start", "study": str(path), "nodes": len(plan.nodes()), "tasks": tasks})
+
+        def inside(e: nodeprogress.ProgressEvent) -> None:  # ctx.progress inside a node
+            emit({"event": "progress", "key": e.key, "op": e.op, "done": e.done, "total": e.total, "note": e.note})
+
+        unsubscribe = nodeprogress.subscribe(inside)
+        try:
+            outcomes = run_nodes(
+                plan.roots(), store, device=device or auto_device(), max_rows=max_rows, scheduler=scheduler,
+                warn=warn, progress=on_done, on_start=start,
+            )
+        finally:
+            unsubscribe()
+    served = [o for o in outcomes.values() if o.status == "imported"]
+    if served:
+        names = ", ".join(r.name for r in packs)
+        warn(f"{len(served)} result(s) come from pack {names}, imported and not computed here; "
+             f"`study verify {path}` recomputes them")
     res = RunResult(plan, outcomes, 0.0, warnings=warnings)
     res.lock = write_lock(plan, Path(str(path) + ".lock"))
+    record_study(store, Path(path), res.lock, [n.key for n in plan.nodes()])
     # The run's time is taken before the report is written, so the report and the summary line
     # printed after it quote the same number.
     res.seconds = time.perf_counter() - t0
@@ -143,7 +178,8 @@ def lock_data(plan: Plan) -> dict[str, Any]:
 
 
 def write_lock(plan: Plan, path: Path) -> Path:
-    path.write_text(json.dumps(lock_data(plan), indent=1, sort_keys=True) + "\n")
+    """Write the lock file atomically (temp file + rename): a reader never sees half of it."""
+    write_text_atomic(path, json.dumps(lock_data(plan), indent=1, sort_keys=True) + "\n")
     return path
 
 

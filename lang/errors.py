@@ -47,7 +47,9 @@ class StudyError(Exception):
         """`file:line:col: error: message`, the source line, a caret line and the hint.
 
         `source` is the text of `span.file`; when it is None the file is read from disk if it
-        exists, and the source and caret lines are left out if it does not.
+        exists, and the source and caret lines are left out if it does not. A line longer than
+        `WIDTH` is shown as a window around the caret; a file that is not a study (no `.study`
+        suffix, e.g. a wrong `use`) only ever shows a short, escaped excerpt of `EXCERPT` characters.
         """
         s = self.span
         if s is None:
@@ -56,8 +58,9 @@ class StudyError(Exception):
             out = [f"{s.file}:{s.line}:{s.column}: error: {self.message}"]
             line = _source_line(s, source)
             if line is not None:
-                out.append("  " + line)
-                out.append("  " + _caret(line, s))
+                text, caret = _shown(line, s, foreign=not _is_study(s.file))
+                out.append("  " + text)
+                out.append("  " + caret)
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return "\n".join(out)
@@ -93,8 +96,12 @@ class StudyErrors(Exception):
         n = len(self.errors)
         super().__init__(f"{n} error{'s' if n != 1 else ''} in study")
 
-    def render(self) -> str:
-        return "\n".join(e.render(self.sources.get(e.span.file) if e.span else None) for e in self.errors)
+    def render(self, limit: int = 50) -> str:
+        """Every error (the first `limit`, then how many more), each with its line and caret."""
+        shown = [e.render(self.sources.get(e.span.file) if e.span else None) for e in self.errors[:limit]]
+        if len(self.errors) > limit:
+            shown.append(f"... and {len(self.errors) - limit} more errors")
+        return "\n".join(shown)
 
     def __str__(self) -> str:
         return self.render()
@@ -118,6 +125,45 @@ def _source_line(span: Span, source: str | None) -> str | None:
     if not 1 <= span.line <= len(lines):
         return None
     return lines[span.line - 1].rstrip("\r")
+
+
+WIDTH = 160  # the longest source line shown whole
+EXCERPT = 40  # how much of a file that is not a study may be shown
+
+
+def _is_study(file: str) -> bool:
+    """Text given directly, a `.study` file, or no file on disk at all: shown as written."""
+    if file.startswith("<") or file.endswith(".study"):
+        return True
+    try:
+        return not Path(file).exists()
+    except (OSError, ValueError):
+        return True
+
+
+def _shown(line: str, span: Span, foreign: bool = False) -> tuple[str, str]:
+    """The source line as shown (windowed around the span when long; escaped when `foreign`) and
+    the caret line under it."""
+    start = min(max(span.column - 1, 0), len(line))
+    end = span.end_column - 1 if span.end_line == span.line else len(line)
+    end = max(end, start + 1)
+    width = EXCERPT if foreign else WIDTH
+    if len(line) <= width and not foreign:
+        return line, _caret(line, span)
+    a = max(0, min(start - width // 4, len(line) - width))
+    b = min(len(line), a + width)
+    esc = _escape if foreign else (lambda t: t)
+    pre, post = ("..." if a > 0 else ""), ("..." if b < len(line) else "")
+    text = pre + esc(line[a:b]) + post
+    lead = len(pre) + len(esc(line[a:start]))
+    under = max(1, len(esc(line[start:min(end, b)])))
+    pad = "".join(c if c == "\t" else " " for c in (text[:lead] if not foreign else " " * lead))
+    return text, pad + "^" + "~" * (under - 1)
+
+
+def _escape(text: str) -> str:
+    """Printable ASCII as is, everything else as a backslash escape."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else c.encode("unicode_escape").decode("ascii") or "?" for c in text)
 
 
 def _caret(line: str, span: Span) -> str:

@@ -256,13 +256,22 @@ def _show_terminal(name: str) -> str:
 def _show_token(tok: Token) -> str:
     if tok.type in ("_NL", "$END"):
         return _SHOW[tok.type]
+    text = _clip(str(tok))
     if tok.type == "NAME":
-        return f"name '{tok}'"
+        return f"name '{text}'"
     if tok.type in ("INT", "FLOAT"):
-        return f"number {tok}"
+        return f"number {text}"
     if tok.type == "STRING":
-        return f"string {tok}"
-    return f"'{tok}'"
+        return f"string {text}"
+    return f"'{text}'"
+
+
+def _clip(text: str, n: int = 24) -> str:
+    """A token as messages quote it: at most `n` characters, non-printable ones escaped (the text
+    may come from a file that is not a study at all)."""
+    from mechstudy.lang.errors import _escape
+
+    return _escape(text[:n]) + ("..." if len(text) > n else "")
 
 
 def _normalise(e: UnexpectedInput) -> UnexpectedInput:

@@ -51,3 +51,15 @@ if "t_source" not in spec.OPS:
     @spec.operator("t_fail", version=1, params=[])
     def t_fail(inputs, params, ctx):
         raise RuntimeError("boom")
+
+
+if "t_loop" not in spec.OPS:
+
+    @spec.operator("t_loop", version=1, params=[Param("steps", int), Param("sleep", float, 0.01)])
+    def t_loop(inputs, params, ctx):
+        """Calls ctx.progress once per step."""
+        CALLS.append("t_loop")
+        for i in range(params["steps"]):
+            ctx.progress(i, params["steps"], "steps")
+            time.sleep(params["sleep"])
+        return Artifact(data={"steps": params["steps"]})

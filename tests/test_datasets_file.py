@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import torch
 
+from mechstudy.stdlib.datasets import pad_id_of
 from mechstudy.stdlib.datasets.file import ColumnError, generate, prepare, provides_of, read
 from mechstudy.stdlib.models.tiny import make_tiny_tokenizer
 
@@ -206,3 +207,51 @@ def test_study_run_on_the_tiny_model(tmp_path, tiny_gpt2_dir, tiny_adapter, monk
     err = capsys.readouterr().err
     assert "studies/data/prompts.csv has no column 'wrnog' (given as wrong=wrnog)" in err
     assert "did you mean 'wrong'? its columns are: text, answer, wrong, corrupted, order" in err
+
+
+def _reference(tokenizer, texts, bos):
+    """The slow, obviously right way: one tokenizer call per row, then pad_right."""
+    from mechstudy.stdlib.datasets import encode, pad_right
+
+    return pad_right([encode(tokenizer, t, bos) for t in texts], pad_id_of(tokenizer))
+
+
+@pytest.mark.parametrize("bos", [None, True, False])
+def test_batched_tokenisation_equals_row_by_row(tok, bos):
+    """More rows than one batch, of varied lengths, on the word-level and the zoo's BPE tokenizer:
+    the same ids and masks as tokenising each row alone."""
+    from transformers import AutoTokenizer
+
+    from mechstudy.stdlib.datasets import file as filemod
+
+    bpe = AutoTokenizer.from_pretrained(str(ROOT / "stdlib" / "zoo" / "models" / "mini"), local_files_only=True)
+    base = ROWS["text"]
+    n = filemod.BATCH + 1234
+    texts = [" ".join(base[i % 3].split()[: 3 + i % 9]) + (" to" if i % 5 else "") for i in range(n)]
+    table = pl.DataFrame({"text": texts, "io": [ROWS["io"][i % 3] for i in range(n)]})
+    for t in (tok, bpe):
+        ds = generate(t, table, {"path": "f", "prompt": "text", "answer": "io", "prepend_bos": bos})
+        ids, mask = _reference(t, texts, bos)
+        assert torch.equal(ds.tensors["clean_ids"], ids) and torch.equal(ds.tensors["attention_mask"], mask)
+        assert ds.tables["prompts"]["length"].to_list() == mask.sum(1).tolist()
+        want_io = [t(" " + a if not p.endswith(" ") else a, add_special_tokens=False)["input_ids"][0]
+                   for a, p in zip(table["io"], texts)]
+        assert ds.tensors["io_id"].tolist() == want_io
+
+
+def test_progress_is_reported_per_batch_and_a_stop_ends_the_work(tok):
+    from mechstudy.engine.nodeprogress import Interrupted
+    from mechstudy.stdlib.datasets import file as filemod
+
+    n = 3 * filemod.BATCH + 5
+    table = pl.DataFrame({"text": [ROWS["text"][i % 3] for i in range(n)], "abc": [ROWS["abc"][i % 3] for i in range(n)]})
+    seen = []
+    generate(tok, table, {"path": "f", "prompt": "text", "corrupted": "abc"}, progress=lambda d, t, note: seen.append((d, t)))
+    assert seen[-1] == (2 * n, 2 * n) and len(seen) == 8 and all(a[0] < b[0] for a, b in zip(seen, seen[1:]))
+
+    def stop(done, total, note):
+        if done >= filemod.BATCH:
+            raise Interrupted("stop requested")
+
+    with pytest.raises(Interrupted):
+        generate(tok, table, {"path": "f", "prompt": "text", "corrupted": "abc"}, progress=stop)

@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from mechstudy.engine import nodeprogress
+
 # Adam's constants (the PyTorch defaults).
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 HISTORY_POINTS = 50  # loss-curve samples kept per model
@@ -136,11 +138,15 @@ def fit(
     points = min(HISTORY_POINTS, steps)
     history = torch.zeros(W.shape[0], points)
     span = steps / points
+    every = max(1, steps // 200)  # progress (and the stop check) about 200 times per fit
     for t in range(steps):
+        if t % every == 0:
+            nodeprogress.here(t, steps, "training steps")
         x, weights, zero_mass = batches(t)
         loss, gW, gb = loss_and_grads(W, b, x, importance, relu, bias, weights, zero_mass)
         history[:, min(int(t / span), points - 1)] += loss
         opt.step([gW, gb] if bias else [gW])
+    nodeprogress.here(steps, steps, "training steps")
     buckets = [min(int(t / span), points - 1) for t in range(steps)]
     counts = torch.bincount(torch.tensor(buckets), minlength=points)
     return history / counts.clamp_min(1)
