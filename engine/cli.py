@@ -209,10 +209,7 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) ->
     program, argv None) ends the process at once after an interruption, without waiting for
     operator threads that do not call `ctx.progress`."""
     hard_exit = argv is None if hard_exit is None else hard_exit
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
-        return int(e.code or 0) if isinstance(e.code, int) else USAGE
+    args = _parser().parse_args(argv)  # --help exits 0, a usage error 2 (argparse's SystemExit)
     _quiet_libraries()
     from mechstudy.engine.pack import PackError
     from mechstudy.engine.nodeprogress import Interrupted

@@ -205,10 +205,30 @@ def run_nodes(
                 progress(result, done[0], len(keys))
 
         with Callback(posttask=posttask):
-            results = _interruptible(lambda: dask.threaded.get(graph, keys))
+            results = _interruptible(lambda: dask.threaded.get(graph, keys, pool=_pool()))
     else:
         results = _distributed_get(graph, keys, scheduler)
     return {o.key: o for o in results}
+
+
+_POOL: Any = None
+_POOL_GUARD = threading.Lock()
+
+
+def _pool() -> Any:
+    """The threads that run nodes: one per core (Dask's own default, which Dask gives only to calls
+    from the main thread; `_interruptible` calls it from a helper thread)."""
+    global _POOL
+    import atexit
+
+    import dask
+    import dask.threaded
+
+    with _POOL_GUARD:
+        if _POOL is None:
+            _POOL = dask.threaded.ContextAwareThreadPoolExecutor(dask.config.get("num_workers", None) or dask.threaded.CPU_COUNT)
+            atexit.register(_POOL.shutdown)
+        return _POOL
 
 
 def _interruptible(fn: Callable[[], Any]) -> Any:

@@ -222,7 +222,7 @@ class ResultPoint:
     chart_nodes: list[Any]
     statement: str
     store: Any
-    status: str = "cached"  # "computed" in this run, or "cached"
+    status: str = "cached"  # "computed" in this run, "cached", or "imported" (from an untrusted pack)
     seconds: float = 0.0  # compute time (for a cache hit: when it was computed)
     _artifact: Any = field(default=None, repr=False)
     _tokens: Any = field(default=False, repr=False)
@@ -282,8 +282,13 @@ def gather(plan: Any, store: Any, outcomes: Mapping[str, Any] | None = None) -> 
             computed = bool(o and o.status == "computed")
             seconds = o.seconds if computed else float((store.manifest(node.key) or {}).get("seconds", 0.0))
             out.append(ResultPoint(name, label, dict(point), node, res.charts_for(i), text, store,
-                                   "computed" if computed else "cached", seconds))
+                                   "computed" if computed else _hit(o), seconds))
     return out
+
+
+def _hit(outcome: Any) -> str:
+    """"imported" for an untrusted pack's entry (engine/pack.py), else "cached"."""
+    return "imported" if outcome is not None and outcome.status == "imported" else "cached"
 
 
 def plan_rows(plan: Any, store: Any, outcomes: Mapping[str, Any]) -> list[dict]:
@@ -296,7 +301,7 @@ def plan_rows(plan: Any, store: Any, outcomes: Mapping[str, Any]) -> list[dict]:
         o = outcomes.get(n.key)
         computed = bool(o and o.status == "computed")
         before = None if computed else (store.manifest(n.key) or {}).get("seconds")
-        rows.append({"key": n.key, "op": n.op, "label": node_label(n), "status": "computed" if computed else "cached",
+        rows.append({"key": n.key, "op": n.op, "label": node_label(n), "status": "computed" if computed else _hit(o),
                      "seconds": round(o.seconds, 3) if computed else 0.0, "computed_seconds": before})
     return rows
 

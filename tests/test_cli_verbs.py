@@ -39,7 +39,7 @@ def test_exit_codes_are_documented_and_used(capsys, tmp_path):
     assert e.value.code == 2
     assert cli.main(["check", str(ROOT / "studies/broken.study")]) == 1
     assert cli.main(["check", str(ROOT / "studies/quickstart.study")]) == 0
-    assert cli.main(["show", str(ROOT / "studies/quickstart.study"), "heads", "--cache", str(tmp_path)]) == 1
+    assert cli.main(["show", str(ROOT / "studies/quickstart.study"), "heads", "--cache", str(tmp_path)]) == cli.UNAVAILABLE
     assert "not computed yet" in capsys.readouterr().err
 
 

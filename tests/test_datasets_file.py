@@ -255,3 +255,22 @@ def test_progress_is_reported_per_batch_and_a_stop_ends_the_work(tok):
 
     with pytest.raises(Interrupted):
         generate(tok, table, {"path": "f", "prompt": "text", "corrupted": "abc"}, progress=stop)
+
+
+def test_study_run_reports_tokenisation_progress_as_events(tmp_path, tiny_gpt2_dir, capfd, monkeypatch):
+    """`study run --json` carries the dataset node's ctx.progress calls as "progress" events."""
+    import json
+
+    from mechstudy.engine import cli
+
+    monkeypatch.chdir(tmp_path)
+    pl.DataFrame(ROWS).write_csv(tmp_path / "p.csv")
+    study = tmp_path / "s.study"
+    study.write_text(f'model m = hf "{tiny_gpt2_dir}"\n'
+                     'dataset d = file "p.csv" prompt=text answer=io wrong=s corrupted=abc\n'
+                     "base = evaluate m on d with logit_diff\n")
+    assert cli.main(["run", str(study), "--cache", str(tmp_path / "c"), "--json", "--out", str(tmp_path / "o")]) == 0
+    events = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    inside = [e for e in events if e["event"] == "progress"]
+    assert inside and {e["op"] for e in inside} == {"dataset"} and inside[-1]["done"] == inside[-1]["total"] == 12
+    assert inside[-1]["note"] == "rows tokenised" and len(inside[-1]["key"]) == 32
