@@ -247,7 +247,7 @@ def language_reference() -> str:
                    + f" ({s.name}, version {s.version})")
         out.append("")
         if s.doc:
-            out.extend([s.doc.strip().splitlines()[0], ""])
+            out.extend([" ".join(s.doc.strip().split("\n\n")[0].split()), ""])  # the first paragraph
         if s.default_chart:
             out.extend([f"Default chart: `{s.default_chart}`." + (
                 f" Needs a dataset that provides {', '.join(sorted(s.requires))}." if s.requires else ""), ""])

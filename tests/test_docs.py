@@ -113,11 +113,16 @@ def _console(body: str, capsys, path: Path) -> None:
 
 
 def test_tutorial_runs_as_written(tmp_path, capsys):
+    shutil.copytree(ROOT / "studies/data", tmp_path / "studies/data")  # as from the repository root
     ran = run_examples(ROOT / "docs/tutorial.md", tmp_path, capsys)
-    assert ran["study"] >= 5 and ran["console"] >= 5 and ran["python"] >= 1
+    assert ran["study"] >= 6 and ran["console"] >= 6 and ran["python"] >= 1
     assert (tmp_path / "out/circuit/circuit-threshold=100.0.svg").is_file()
     report = (tmp_path / "out/circuit/report.html").read_text()
     assert "ACDC pruned every edge" in report and "faithfulness" in report
+    # What the SAE section promises: most planted directions recovered, read off the headline.
+    sae = (tmp_path / "out/sae/report.html").read_text()
+    got = re.search(r"<dt>planted directions recovered \(mean max cosine\)</dt><dd>([\d.]+)", sae)
+    assert got and float(got.group(1)) >= 0.9
 
 
 def test_tutorial_claims_hold(tmp_path, capsys):
