@@ -81,3 +81,17 @@ def test_live_view_counts_nodes_and_shows_a_bar_inside_a_looping_node():
     text = buf.getvalue()
     assert "3/3" in text and "2 computed \u00b7 1 cached" in text
     assert "train_model-bbbbbbbbbbbbbbbb computed in 2.00 s" in text
+
+
+def test_progress_inside_a_looping_node_reaches_the_json_events(tmp_path, capfd):
+    """`train toy` reports its training steps through ctx.progress (engine/nodeprogress.py): the
+    events arrive between the node's start and its `node` event, ending at done == total."""
+    f = tmp_path / "toy.study"
+    f.write_text('study "toy"\nt = train toy n=5 m=2 sparsity=0.9 importance=0.9 seeds=1 steps=300 batch=64\n')
+    assert cli.main(["run", str(f), "--cache", str(tmp_path / "cache"), "--json", "--out", str(tmp_path / "out")]) == 0
+    events = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    train = next(e for e in events if e["event"] == "node" and e["op"] == "toy_superposition")
+    inside = [e for e in events if e["event"] == "progress" and e["key"] == train["key"]]
+    assert len(inside) >= 2 and inside[0]["done"] < inside[-1]["done"] == inside[-1]["total"] == 300
+    assert all(e["note"] == "training steps" for e in inside)
+    assert events.index(inside[-1]) < events.index(train)  # progress comes before the node finishes
