@@ -134,6 +134,12 @@ class _Mapper:
         op = self.op
         if isinstance(cl, ast.Link):
             pname = LINKS[cl.prep]
+            w = cl.target.text
+            if (cl.prep == "on" and w not in self.c.datasets and w not in self.c.declared
+                    and any(p.choices and w in p.choices and p.name not in ("component", "sender", "receiver")
+                            for p in op.params)):
+                # `train sae on resid_post ...`: `on` before one of the op's words (a site) reads as that word
+                return self.word(ast.Word(cl.target, cl.span))
             self.param_or_fail(pname, f"`{cl.prep} ...` ({pname})", cl.span)
             self.give(pname, ast.Ident(cl.target.text, cl.target.span), cl.span)
         elif isinstance(cl, ast.In):

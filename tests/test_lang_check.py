@@ -479,3 +479,17 @@ def test_dataset_model_option_twice(registry):
 def test_sender_as_an_option_is_explained(registry):
     (e,) = head_errors("t = trace sender=3 to mlp in layer 0 of m on ioi with kl\n")
     assert e.message == "senders and receivers are written `from ... to ...`"
+
+
+def test_on_before_one_of_the_ops_words_reads_as_that_word(registry, monkeypatch):
+    # `train sae on resid_post ...`: `on` names a dataset, unless it precedes a word the op takes.
+    monkeypatch.setitem(registry.OPS, "fit", OpSpec(
+        name="fit", version=1, run=lambda *a: None, verb="fit",
+        params=(Param("site", str, None, choices=("resid_post", "mlp_out")), Param("model", "model"),
+                Param("dataset", "dataset", None))))
+    p = point("fit on resid_post of m\n")
+    assert p["site"] == "resid_post" and p["dataset"] is None
+    p = point("fit on ioi of m\n")
+    assert p["dataset"] == Ref("dataset", "ioi") and p["site"] is None
+    (e,) = head_errors("fit on nothing of m\n")  # neither a dataset nor a word of the op
+    assert e.message == "unknown dataset 'nothing'"
