@@ -1,0 +1,123 @@
+"""`examples neurons 0..9 in layer 2 of m over web top 20`: top-activating dataset examples per MLP
+neuron, with the surrounding tokens highlighted, interval samples and activation histograms.
+
+For each neuron (its `mlp_post` activation: the MLP's hidden unit after the nonlinearity) over every
+real token of the corpus: the `top` tokens where it fires most, each shown with `before` tokens
+before it and `after` after it and the neuron's activation on each of them; `per_band` tokens
+drawn at random from each of `bands` equal intervals of (0, max] (what the neuron does at a fifth,
+two fifths ... of its maximum, not only at its peak); a histogram over `bins` bins; its max, mean
+and density (the fraction of tokens where it is above 0). The machinery is
+`stdlib/representations/examples.py`, shared with the dictionary features' dashboards.
+
+Tables: "result" (one row per neuron: layer, neuron, max, mean, min, density, tokens), "examples"
+(one row per example: its group, "top" or "interval" with its `band`, the activation, corpus row
+and position, the token, the context as `text` with the token in [[ ]], and `tokens`/`acts` for
+highlighting), "histogram". The default chart draws the top examples of the first neurons with
+every token shaded by the neuron's activation on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from mechstudy.engine import spec
+from mechstudy.engine.spec import Artifact, Param
+from mechstudy.stdlib.datasets import Prompts
+from mechstudy.stdlib.models.batching import chunks, trimmed
+from mechstudy.stdlib.models.sites import Site, component
+from mechstudy.stdlib.representations import examples as ex
+
+COMPONENTS = ("neurons",)
+IN_MEMORY = 32_000_000  # activation values kept between the two passes (else the forwards run twice)
+
+
+def unit_batches(adapter: Any, prompts: Prompts, sites: list[Site], index: torch.Tensor, max_rows: int,
+                 ) -> ex.Batches:
+    """Batches of [B, S, len(sites) * len(index)] activations (site-major) over the prompts: the
+    neurons `index` of each site, read by chunked forwards; kept in memory between the two passes
+    when small, else recomputed."""
+    n = prompts.n
+    units = len(sites) * len(index)
+    keep = n * prompts.ids.shape[1] * units <= IN_MEMORY
+    memo: list[ex.Batch] = []
+
+    def forward() -> Iterator[ex.Batch]:
+        with torch.no_grad():
+            for rows in chunks(n, max_rows):
+                ids, mask = trimmed(prompts.ids, prompts.attention_mask, rows)
+                acts = adapter.capture(ids, mask, sites)
+                a = torch.cat([acts[s][..., index].float().cpu() for s in sites], -1)
+                yield ex.Batch(a, ids, mask.bool(), rows)
+
+    def batches() -> Iterator[ex.Batch]:
+        if memo:
+            yield from memo
+            return
+        for b in forward():
+            if keep:
+                memo.append(b)
+            yield b
+
+    return batches
+
+
+@spec.operator(
+    "examples",
+    version=1,
+    verb="examples",
+    components=COMPONENTS,
+    params=[
+        Param("component", str, "neurons", choices=COMPONENTS, doc="neurons: the MLP's hidden units (mlp_post)"),
+        Param("component_index", list, None, doc="which neurons (`neurons 0..9`); default all"),
+        Param("layers", spec.LAYERS, spec.REQUIRED, doc="the layers whose neurons are read"),
+        Param("model", spec.MODEL),
+        Param("corpus", spec.CORPUS, doc="the text the neurons are read over (`over NAME`)"),
+        Param("top", int, 20, doc="top-activating examples per neuron"),
+        Param("before", int, 8, doc="tokens shown before an example's token"),
+        Param("after", int, 4, doc="tokens shown after it"),
+        Param("bands", int, 5, doc="equal intervals of (0, max] sampled from"),
+        Param("per_band", int, 3, doc="examples drawn from each interval"),
+        Param("bins", int, 32, doc="histogram bins between the min and the max"),
+        Param("seed", int, 0, doc="seed of the interval samples"),
+    ],
+    output="table",
+    uses_model=True,
+    default_chart="examples",
+    example='corpus web = text "README.md" tokens=512 context=64\n'
+            'examples neurons 0..3 in layer 1 of m over web top 5',
+)
+def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
+    """Top-activating corpus examples, interval samples and histograms of MLP neurons."""
+    adapter = ctx.model(inputs["model"])
+    prompts = Prompts.of(inputs["corpus"])
+    kind = component(params["component"]).kind
+    n_units = kind.n_units(adapter.dims)
+    index = list(range(n_units)) if not params["component_index"] else [int(i) for i in params["component_index"]]
+    bad = [i for i in index if not 0 <= i < n_units]
+    if bad:
+        raise ValueError(f"neuron {bad[0]} out of range: the model has {n_units} per layer")
+    layers = list(range(adapter.n_layers)) if params["layers"] in (None, "all") else [int(l) for l in params["layers"]]
+    sites = [Site(l, kind.name) for l in layers]
+    settings = ex.Settings(k=params["top"], before=params["before"], after=params["after"], bands=params["bands"],
+                           per_band=params["per_band"], bins=params["bins"], threshold=0.0, seed=params["seed"])
+    batches = unit_batches(adapter, prompts, sites, torch.tensor(index), ctx.max_rows)
+    found = ex.collect(batches, len(sites) * len(index), settings)
+    tok = adapter.tokenizer
+    units = {"layer": [l for l in layers for _ in index], "neuron": [i for _ in layers for i in index]}
+    tables = found.tables(lambda i: tok.decode([i]), units)
+    stats = tables.pop("stats")
+    best = stats.sort("max", descending=True).row(0, named=True)
+    return Artifact(
+        tensors=found.tensors(),
+        tables={"result": stats, **tables},
+        data={"site": kind.name, "layers": layers, "neurons": index, "tokens": found.count,
+              "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+              "convention": "activation = mlp_post (after the nonlinearity); density = fraction of tokens above 0; "
+                            "intervals: equal fifths of (0, max], sampled uniformly",
+              "chart": {"title": "Top-activating examples (token shade = the neuron's activation)"},
+              "headline": [{"label": "tokens read", "value": found.count},
+                           {"label": "strongest neuron", "value": f"L{best['layer']} N{best['neuron']}",
+                            "detail": f"max {best['max']:.3g}, density {best['density']:.3g}"}]},
+    )
