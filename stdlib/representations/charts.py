@@ -10,7 +10,7 @@ each query and key token written on its axis.
 >>> t = pl.DataFrame({"neuron": [3], "group": ["top"], "band": [-1], "rank": [0], "activation": [2.0],
 ...                   "at": [1], "tokens": [["The", " cat", " sat"]], "acts": [[0.0, 2.0, 1.0]]})
 >>> spec = render_examples(Artifact(tables={"examples": t}), None)
->>> [v["token"] for v in spec["data"]["values"]], [v["example"] for v in spec["data"]["values"]]
+>>> [v["token"] for v in spec["datasets"]["examples"]], [v["example"] for v in spec["datasets"]["examples"]]
 (['The', 'cat', 'sat'], [False, True, False])
 """
 
@@ -47,6 +47,14 @@ def _empty(reason: str, title: str | None) -> dict:
     from mechstudy.stdlib.charts import empty_chart
 
     return empty_chart(reason, title)
+
+
+def _inline(spec_dict: dict, name: str, values: list[dict]) -> dict:
+    """Attach the values of the named dataset `name` to a finished spec. Altair validates inline
+    data against the Vega-Lite schema value by value (a minute for a few thousand cells), so the
+    charts here are built on a named dataset and its values added afterwards as top-level datasets."""
+    spec_dict.setdefault("datasets", {})[name] = values
+    return spec_dict
 
 
 def _shown(token: str) -> tuple[str, int]:
@@ -90,7 +98,7 @@ def render_examples(artifact: Artifact, title: str | None) -> dict:
             widest = max(widest, x)
     if not values:
         return _empty("No examples to draw.", title)
-    base = alt.Chart(alt.Data(values=values))
+    base = alt.Chart(alt.NamedData(name="examples"))
     y = alt.Y("line", type="ordinal", sort=lines, title=None, axis=alt.Axis(labelFontSize=12, labelLimit=240))
     rect = base.mark_rect(stroke="#fff", strokeWidth=1).encode(
         x=alt.X("x0", type="quantitative", axis=None, scale=alt.Scale(domain=[0, widest], nice=False)),
@@ -105,7 +113,7 @@ def render_examples(artifact: Artifact, title: str | None) -> dict:
     chart = alt.layer(rect, ring, text).properties(width=min(max(widest, 200), 900), height=LINE_PX * len(lines))
     if title:
         chart = chart.properties(title=title)
-    return chart.configure_view(stroke=None).to_dict()
+    return _inline(chart.configure_view(stroke=None).to_dict(), "examples", values)
 
 
 @spec.chart("attention")
@@ -113,7 +121,7 @@ def render_attention(artifact: Artifact, title: str | None) -> dict:
     """Token x token attention patterns (query down, key across), one panel per head, with each
     token written on the axes. Reads the ``maps`` table (layer, head, prompt, query, key, weight,
     query_token, key_token); hints ``prompt`` (which prompt, default the first) and ``heads``
-    (how many panels, default 8)."""
+    (how many panels, default 8). Cells are 12-28 px, panels wrap to fit the report's width."""
     hints = dict((artifact.data or {}).get("chart") or {})
     title = title or hints.get("title")
     df = (artifact.tables or {}).get("maps")
@@ -122,28 +130,29 @@ def render_attention(artifact: Artifact, title: str | None) -> dict:
     prompt = hints.get("prompt", int(df["prompt"].min()))
     df = df.filter(pl.col("prompt") == prompt)
     panels = df.select("layer", "head").unique(maintain_order=True).head(int(hints.get("heads", 8)))
+    df = df.join(panels, on=["layer", "head"], how="semi")
     n = int(df["query"].max()) + 1
-    cell = max(12, min(28, 360 // max(n, 1)))
-    charts = []
-    for layer, head in panels.iter_rows():
-        sub = df.filter((pl.col("layer") == layer) & (pl.col("head") == head))
-        q_lab = {r["query"]: f"{r['query']} {r['query_token']}" for r in sub.select("query", "query_token").unique().to_dicts()}
-        k_lab = {r["key"]: f"{r['key']} {r['key_token']}" for r in sub.select("key", "key_token").unique().to_dicts()}
-        vals = [{**r, "q": q_lab[r["query"]], "k": k_lab[r["key"]]} for r in sub.to_dicts()
-                if not (isinstance(r["weight"], float) and math.isnan(r["weight"]))]
-        q_sort = [q_lab[i] for i in sorted(q_lab)]
-        k_sort = [k_lab[i] for i in sorted(k_lab)]
-        c = alt.Chart(alt.Data(values=vals)).mark_rect().encode(
-            x=alt.X("k", type="ordinal", sort=k_sort, title="key", axis=alt.Axis(labelAngle=-60, labelFontSize=11, labelLimit=90)),
-            y=alt.Y("q", type="ordinal", sort=q_sort, title="query", axis=alt.Axis(labelFontSize=11, labelLimit=90)),
-            color=alt.Color("weight", type="quantitative", scale=alt.Scale(scheme="blues", domain=[0, 1]),
-                            legend=alt.Legend(format=".1f", title="attention")),
-            tooltip=["q", "k", alt.Tooltip("weight", type="quantitative", format=".3f")],
-        ).properties(width=cell * len(k_sort), height=cell * len(q_sort), title=f"layer {layer}, head {head}")
-        charts.append(c)
-    per_row = max(1, 900 // (cell * n + 120))
-    rows = [alt.hconcat(*charts[i:i + per_row]) for i in range(0, len(charts), per_row)]
-    chart: Any = rows[0] if len(rows) == 1 else alt.vconcat(*rows)
+    tokens = df.filter(pl.col("query") == 0).sort("key").select("key", "key_token").unique(maintain_order=True)
+    words = {int(k): t for k, t in tokens.iter_rows()} | {
+        int(q): t for q, t in df.select("query", "query_token").unique().iter_rows()}
+    labels = [f"{i} {words.get(i, '').replace(chr(10), '⏎')}" for i in range(n)]
+    cell = max(12, min(28, 520 // max(n, 1)))
+    per_row = max(1, 960 // (cell * n + 130))
+    values = [{"panel": f"layer {l}, head {h}", "q": labels[q], "k": labels[k], "w": round(float(w), 4)}
+              for l, h, q, k, w in df.select("layer", "head", "query", "key", "weight").iter_rows()
+              if w == w]
+    order = [f"layer {l}, head {h}" for l, h in panels.iter_rows()]
+    base = alt.Chart(alt.NamedData(name="attention")).mark_rect().encode(
+        x=alt.X("k", type="ordinal", sort=labels, title="key",
+                axis=alt.Axis(labelAngle=-60, labelFontSize=11, labelLimit=90)),
+        y=alt.Y("q", type="ordinal", sort=labels, title="query", axis=alt.Axis(labelFontSize=11, labelLimit=90)),
+        color=alt.Color("w", type="quantitative", scale=alt.Scale(scheme="blues", domain=[0, 1]),
+                        legend=alt.Legend(format=".1f", title="attention")),
+        tooltip=[alt.Tooltip("panel", type="nominal"), alt.Tooltip("q", type="nominal", title="query"),
+                 alt.Tooltip("k", type="nominal", title="key"),
+                 alt.Tooltip("w", type="quantitative", format=".3f", title="weight")],
+    ).properties(width=cell * n, height=cell * n)
+    chart = base.facet(facet=alt.Facet("panel", type="nominal", sort=order, title=None), columns=per_row)
     if title:
         chart = chart.properties(title=title)
-    return chart.configure_view(stroke=None).to_dict()
+    return _inline(chart.configure_view(stroke=None).to_dict(), "attention", values)
