@@ -87,7 +87,7 @@ def fit(method: str, x: torch.Tensor, y: torch.Tensor, n_classes: int, train: to
     default_chart="line",
     requires=frozenset({"labels"}),
     plan=lambda params, b: b.node("probe", {**params, **iv.plan_captures(b, params, captures(params))}),
-    example="dataset sent = sentiment()\nprobe resid_post in all layers of m on sent using logistic",
+    example='model m = zoo "mini"\ndataset sent = sentiment()\nprobe resid_post in all layers of m on sent using logistic',
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """Linear or MLP probes per layer, with a control task and selectivity (Hewitt & Liang)."""

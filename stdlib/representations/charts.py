@@ -121,7 +121,7 @@ def render_attention(artifact: Artifact, title: str | None) -> dict:
     """Token x token attention patterns (query down, key across), one panel per head, with each
     token written on the axes. Reads the ``maps`` table (layer, head, prompt, query, key, weight,
     query_token, key_token); hints ``prompt`` (which prompt, default the first) and ``heads``
-    (how many panels, default 8). Cells are 12-28 px, panels wrap to fit the report's width."""
+    (how many panels, default 8). Cells are 12-24 px, panels wrap to fit the report's width."""
     hints = dict((artifact.data or {}).get("chart") or {})
     title = title or hints.get("title")
     df = (artifact.tables or {}).get("maps")
@@ -136,8 +136,8 @@ def render_attention(artifact: Artifact, title: str | None) -> dict:
     words = {int(k): t for k, t in tokens.iter_rows()} | {
         int(q): t for q, t in df.select("query", "query_token").unique().iter_rows()}
     labels = [f"{i} {words.get(i, '').replace(chr(10), '⏎')}" for i in range(n)]
-    cell = max(12, min(28, 520 // max(n, 1)))
-    per_row = max(1, 960 // (cell * n + 130))
+    cell = max(12, min(24, 390 // max(n, 1)))  # two panels side by side when the prompt is short enough
+    per_row = max(1, 1000 // (cell * n + 110))
     values = [{"panel": f"layer {l}, head {h}", "q": labels[q], "k": labels[k], "w": round(float(w), 4)}
               for l, h, q, k, w in df.select("layer", "head", "query", "key", "weight").iter_rows()
               if w == w]
