@@ -1,4 +1,5 @@
-"""`lens resid_post in all layers of m on facts`: the logit lens (nostalgebraist, 2020).
+"""`lens resid_post in all layers of m on facts`: the logit lens (nostalgebraist, 2020), and with
+`over CORPUS` the tuned lens (Belrose et al., 2023).
 
 Each layer's residual stream is read as if it were the last one: through the model's own final
 norm and unembedding (the native modules, `Adapter.unembed`; nothing is re-implemented), giving a
@@ -16,6 +17,13 @@ or `at all positions` / `at every position` (every real position, averaged; answ
 at the answer position). The
 table "top" lists each layer's `top` most likely tokens, decoded, for the first `show` prompts at
 their read position, so a reader sees the prediction form layer by layer.
+
+The tuned lens (`lens resid_post in all layers of m on held over web`): before decoding, each
+layer's stream goes through an affine translator trained on the corpus `web` to match the model's
+final distribution (KL objective; `stdlib/ops/tuned_lens.py`, one cached node per model, corpus,
+site and `steps`/`lr`/`batch`/`seed`). The dataset read (`on held`) should be text the translators
+were not trained on. The result then holds both lenses on the same tokens: a row per layer and
+lens ("logit", "tuned"), so the chart compares their KL layer by layer.
 
 Components: the residual-stream kinds (resid_pre, resid_mid, resid_post; `stream` in the site
 vocabulary). Needs a model whose stream ends in a final norm and an unembedding.
@@ -42,6 +50,23 @@ def lens_logits(adapter: Any, resid: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(adapter.unembed(resid).double(), -1)
 
 
+def translate(states: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A tuned lens's translator applied to states [..., d]: states @ W + b."""
+    return states @ W.to(states.dtype) + b.to(states.dtype)
+
+
+def _plan(params: dict, b: Any) -> Any:
+    """The logit lens is one node; `over CORPUS` adds the translators' training node as an input."""
+    corpus = params.get("corpus")
+    keyed = {k: v for k, v in params.items() if k != "corpus"}
+    if corpus is None:
+        return b.node("lens", keyed)
+    kind = component(params["component"]).kind.name
+    t = b.node("tuned_lens", {"model": params["model"], "corpus": corpus, "kind": kind,
+                              **{k: params[k] for k in ("steps", "lr", "batch", "seed")}})
+    return b.node("lens", {**keyed, "translators": t})
+
+
 def read_mask(prompts: Prompts, rows: torch.Tensor, width: int, positions: str) -> torch.Tensor:
     """[B, S] bool: where a chunk's prompts are read (their read position, or every real one)."""
     ar = torch.arange(width)[None]
@@ -52,7 +77,7 @@ def read_mask(prompts: Prompts, rows: torch.Tensor, width: int, positions: str) 
 
 @spec.operator(
     "lens",
-    version=1,
+    version=2,
     verb="lens",
     components=COMPONENTS,
     params=[
@@ -62,6 +87,11 @@ def read_mask(prompts: Prompts, rows: torch.Tensor, width: int, positions: str) 
         Param("model", spec.MODEL),
         Param("dataset", spec.DATASET),
         Param("method", str, "logit", choices=("logit",), doc="logit: the model's own final norm and unembedding"),
+        Param("corpus", spec.CORPUS, None, doc="`over CORPUS`: also a tuned lens, its translators trained on it"),
+        Param("steps", int, 300, doc="tuned lens: Adam steps"),
+        Param("lr", float, 1e-3, doc="tuned lens: learning rate"),
+        Param("batch", int, 256, doc="tuned lens: corpus tokens per step"),
+        Param("seed", int, 0, doc="tuned lens: minibatch draws"),
         Param("top", int, 5, doc="tokens listed per layer in the `top` table"),
         Param("show", int, 4, doc="prompts listed in the `top` table"),
     ],
@@ -69,10 +99,11 @@ def read_mask(prompts: Prompts, rows: torch.Tensor, width: int, positions: str) 
     uses_model=True,
     default_chart="line",
     model_features=frozenset({"lm_head", "residual_stream"}),
+    plan=_plan,
     example="lens resid_post in all layers of m on ioi",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
-    """The logit lens: each layer's residual stream through the final norm and unembedding."""
+    """The logit lens (and with `over CORPUS` the tuned lens): each layer's residual stream decoded."""
     adapter = ctx.model(inputs["model"])
     prompts = Prompts.of(inputs["dataset"])
     kind = component(params["component"]).kind.name
@@ -80,13 +111,16 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     positions = "all" if params["positions"] == "each" else params["positions"]
     if positions not in ("last", "all"):
         raise ValueError(f"the logit lens reads `at last position` or `at all positions`, not {positions!r}")
+    tr = inputs.get("translators")
+    lenses = ["logit"] + (["tuned"] if tr is not None else [])
     k, show = int(params["top"]), min(int(params["show"]), prompts.n)
     sites = [Site(l, kind) for l in layers]
-    n = prompts.n
-    kl_sum, agree_sum, count = torch.zeros(len(layers), dtype=torch.float64), torch.zeros(len(layers), dtype=torch.float64), 0
-    per_prompt_kl = torch.zeros(len(layers), n, dtype=torch.float64)
-    ans_prob = torch.zeros(len(layers), n, dtype=torch.float64)
-    ans_rank = torch.zeros(len(layers), n, dtype=torch.float64)
+    n, nl = prompts.n, len(layers)
+    stats = {name: {"kl": torch.zeros(nl, dtype=torch.float64), "agree": torch.zeros(nl, dtype=torch.float64),
+                    "per_prompt_kl": torch.zeros(nl, n, dtype=torch.float64),
+                    "prob": torch.zeros(nl, n, dtype=torch.float64), "rank": torch.zeros(nl, n, dtype=torch.float64)}
+             for name in lenses}
+    count = 0
     tops: list[dict] = []
     tok = adapter.tokenizer
     with torch.no_grad():
@@ -97,37 +131,66 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
             final = torch.log_softmax(out.logits.double(), -1)  # [B, S, V]
             apos = prompts.read_pos[rows]
             b = torch.arange(len(rows))
+            w = where.double()
             for i, s in enumerate(sites):
-                lp = lens_logits(adapter, out.acts[s])  # [B, S, V]
-                kl = (final.exp() * (final - lp)).sum(-1)  # [B, S]
-                agree = (lp.argmax(-1) == final.argmax(-1)).double()
-                w = where.double()
-                kl_sum[i] += (kl * w).sum()
-                agree_sum[i] += (agree * w).sum()
-                per_prompt_kl[i, rows] = (kl * w).sum(1) / w.sum(1)
-                at = lp[b, apos]  # [B, V] at each prompt's read position
-                if prompts.answer is not None:
-                    a = prompts.answer[rows]
-                    ans_prob[i, rows] = at[b, a].exp()
-                    ans_rank[i, rows] = (at > at[b, a][:, None]).sum(-1).double()
-                for j in range(len(rows)):
-                    if int(rows[j]) < show:
-                        p, t = at[j].exp().topk(k)
-                        tops += [{"layer": layers[i], "prompt": int(rows[j]), "rank": r, "token": tok.decode([int(x)]),
-                                  "prob": float(pp)} for r, (pp, x) in enumerate(zip(p.tolist(), t.tolist()))]
+                for name in lenses:
+                    h = out.acts[s]
+                    if name == "tuned":
+                        h = translate(h, torch.as_tensor(tr.tensors["W"])[layers[i]], torch.as_tensor(tr.tensors["b"])[layers[i]])
+                    lp = lens_logits(adapter, h)  # [B, S, V]
+                    st = stats[name]
+                    kl = (final.exp() * (final - lp)).sum(-1)  # [B, S]
+                    st["kl"][i] += (kl * w).sum()
+                    st["agree"][i] += ((lp.argmax(-1) == final.argmax(-1)).double() * w).sum()
+                    st["per_prompt_kl"][i, rows] = (kl * w).sum(1) / w.sum(1)
+                    at = lp[b, apos]  # [B, V] at each prompt's read position
+                    if prompts.answer is not None:
+                        a = prompts.answer[rows]
+                        st["prob"][i, rows] = at[b, a].exp()
+                        st["rank"][i, rows] = (at > at[b, a][:, None]).sum(-1).double()
+                    for j in range(len(rows)):
+                        if int(rows[j]) < show:
+                            p, t = at[j].exp().topk(k)
+                            tops += [{"lens": name, "layer": layers[i], "prompt": int(rows[j]), "rank": r,
+                                      "token": tok.decode([int(x)]), "prob": float(pp)}
+                                     for r, (pp, x) in enumerate(zip(p.tolist(), t.tolist()))]
             count += int(where.sum())
-    table: dict[str, Any] = {"layer": layers, "kl": (kl_sum / count).tolist(), "top1_agree": (agree_sum / count).tolist()}
-    tensors = {"kl": (kl_sum / count).float(), "per_prompt_kl": per_prompt_kl.float()}
+    table: dict[str, list] = {"layer": [], "lens": [], "kl": [], "top1_agree": []}
     if prompts.answer is not None:
-        table["answer_prob"] = ans_prob.mean(1).tolist()
-        table["answer_rank"] = ans_rank.median(1).values.tolist()
-        tensors.update(answer_prob=ans_prob.float(), answer_rank=ans_rank.float())
-    value = "answer_prob" if prompts.answer is not None else "kl"
+        table.update(answer_prob=[], answer_rank=[])
+    tensors: dict[str, torch.Tensor] = {}
+    for name in lenses:
+        st = stats[name]
+        table["layer"] += layers
+        table["lens"] += [name] * nl
+        table["kl"] += (st["kl"] / count).tolist()
+        table["top1_agree"] += (st["agree"] / count).tolist()
+        pre = "" if name == "logit" else "tuned_"
+        tensors.update({pre + "kl": (st["kl"] / count).float(), pre + "per_prompt_kl": st["per_prompt_kl"].float()})
+        if prompts.answer is not None:
+            table["answer_prob"] += st["prob"].mean(1).tolist()
+            table["answer_rank"] += st["rank"].median(1).values.tolist()
+            tensors.update({pre + "answer_prob": st["prob"].float(), pre + "answer_rank": st["rank"].float()})
+    value = "answer_prob" if prompts.answer is not None and tr is None else "kl"
+    data: dict[str, Any] = {
+        "method": "logit lens" + (" and tuned lens" if tr is not None else ""), "site": kind, "positions": positions,
+        "layers": layers, "lenses": lenses, "tokens": count,
+        "convention": "KL(model || lens) in nats of the next-token distribution; answer_rank 0 = most likely",
+        "chart": {"x": "layer", "y": value, **({"color": "lens"} if tr is not None else {})}}
+    if tr is not None:
+        lk, tk = stats["logit"]["kl"] / count, stats["tuned"]["kl"] / count
+        below = [layers[i] for i in range(nl) if tk[i] < lk[i]]
+        data["headline"] = [
+            {"label": "tuned-lens KL below the logit lens's", "value": f"{len(below)} of {nl} layers",
+             "detail": "layers " + ", ".join(map(str, below)) if below else "none"},
+            {"label": "mean KL, logit -> tuned", "value": f"{float(lk.mean()):.3g} -> {float(tk.mean()):.3g}",
+             "detail": f"nats over {count} tokens, {nl} layers"}]
+        data["translator_training"] = {"kl_before": tr.data.get("kl_before"), "kl_after": tr.data.get("kl_after"),
+                                       "tokens": tr.data.get("tokens")}
     return Artifact(
         tensors=tensors,
         tables={"result": pl.DataFrame(table), "top": pl.DataFrame(tops, schema={
-            "layer": pl.Int64, "prompt": pl.Int64, "rank": pl.Int64, "token": pl.Utf8, "prob": pl.Float64})},
-        data={"method": "logit lens", "site": kind, "positions": positions, "layers": layers,
-              "convention": "KL(model || lens) in nats of the next-token distribution; answer_rank 0 = most likely",
-              "chart": {"x": "layer", "y": value}},
+            "lens": pl.Utf8, "layer": pl.Int64, "prompt": pl.Int64, "rank": pl.Int64, "token": pl.Utf8,
+            "prob": pl.Float64})},
+        data=data,
     )
