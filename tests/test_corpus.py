@@ -68,7 +68,7 @@ def test_corpus_declarations_check_and_key_by_content(stdlib_loaded, tiny_gpt2_d
     ('corpus c = text "nothing/*.txt"\n', "no files match 'nothing/*.txt'", "a glob"),
     ('corpus c = text "books" context=1\n', "context must be at least 2 tokens", None),
     ('corpus c = text "books" tokens=1000000000\n', "tokens must be between", "shard"),
-    ('dataset d = ioi(n=4)\nlens resid_post of m on d over d\n', "does not take `over", None),
+    ('dataset d = ioi(n=4)\nevaluate m on d over d\n', "does not take `over", None),
 ])
 def test_corpus_mistakes_are_check_errors(stdlib_loaded, tiny_gpt2_dir, tmp_path, monkeypatch, text, message, hint):
     monkeypatch.chdir(tmp_path)
