@@ -22,6 +22,9 @@ Splits: mini never trained on one (subject, adjective) pair in five (`stdlib/zoo
 ``sentiment_pair_held_out``). ``split="heldout"`` uses only those pairs, ``train`` only the others,
 ``all`` every pair; the default is ``heldout`` for zoo models (their never-seen data) and ``all``
 otherwise. Adjectives and reaction words that are not one token for the tokenizer are left out.
+``polarity="positive"`` keeps only positive sentences (each paired with a negative twin), so that
+clean - corrupted always points from negative to positive: what a mean-difference steering
+vector averages (`contrast ... on pairs`); ``negative`` the reverse.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from mechstudy.stdlib.zoo.corpus import sentiment_pair_held_out
 FORMS = ("The {s} was {a}, so I felt", "I thought the {s} was {a}. I", "The {s} was {a}. It was")
 SPLITS = ("heldout", "train", "all")
 READS = ("end", "adjective")
+POLARITIES = ("both", "positive", "negative")
 
 
 def default_split(model_data: dict | None) -> tuple[str, str]:
@@ -68,9 +72,11 @@ def pairs(split: str) -> list[tuple[str, str, int]]:
 
 
 def generate(tokenizer: Any, n: int | None = None, seed: int = 0, split: str = "all", form: int | None = None,
-             read: str = "end", prepend_bos: bool | None = None) -> Artifact:
+             read: str = "end", prepend_bos: bool | None = None, polarity: str = "both") -> Artifact:
     """Labelled sentiment sentences and their contrast pairs (see the module docstring). n None:
     every (pair, form) of the split once, in a seeded order; else n rows drawn from them."""
+    if polarity not in POLARITIES:
+        raise ValueError(f"sentiment: polarity must be one of {', '.join(POLARITIES)}; got {polarity!r}")
     if read not in READS:
         raise ValueError(f"sentiment: read must be one of {', '.join(READS)}; got {read!r}")
     if form is not None and not 0 <= form < len(FORMS):
@@ -80,7 +86,8 @@ def generate(tokenizer: Any, n: int | None = None, seed: int = 0, split: str = "
     ok_adj = {a for a, i in adj_id.items() if i is not None}
     opposite = {1: [a for a in lx.NEGATIVE if a in ok_adj], 0: [a for a in lx.POSITIVE if a in ok_adj]}
     forms = [form] if form is not None else list(range(len(FORMS)))
-    combos = [(s, a, y, f) for s, a, y in pairs(split) if a in ok_adj for f in forms]
+    keep = {"both": (0, 1), "positive": (1,), "negative": (0,)}[polarity]
+    combos = [(s, a, y, f) for s, a, y in pairs(split) if a in ok_adj and y in keep for f in forms]
     if not combos or not opposite[0] or not opposite[1]:
         raise ValueError(f"sentiment: no sentence of split {split!r} has a one-token adjective for this tokenizer")
     rng = random.Random(seed)
@@ -125,7 +132,8 @@ def generate(tokenizer: Any, n: int | None = None, seed: int = 0, split: str = "
         tensors["io_id"] = torch.tensor([r["io_id"] for r in rows], dtype=torch.long)
         tensors["s_id"] = torch.tensor([r["s_id"] for r in rows], dtype=torch.long)
     table = pl.DataFrame([{k: v for k, v in r.items() if k not in ("io_id", "s_id")} for r in rows])
-    data = {"n": len(rows), "seed": seed, "split": split, "read": read, "form": form, "prepend_bos": prepend_bos,
+    data = {"n": len(rows), "seed": seed, "split": split, "read": read, "form": form, "polarity": polarity,
+            "prepend_bos": prepend_bos,
             "padding": "right", "pad_id": pad, "label_classes": ["negative", "positive"], "label_types": types,
             "label_type_is": "the adjective", "answers": answers, "max_len": int(clean_ids.shape[1])}
     return Artifact(tensors=tensors, tables={"prompts": table}, data=data)
@@ -141,6 +149,9 @@ def generate(tokenizer: Any, n: int | None = None, seed: int = 0, split: str = "
               doc="heldout | train | all (default: heldout for zoo models, all otherwise)"),
         Param("form", int, None, doc="one sentence form (0-2); default all three"),
         Param("read", str, "end", choices=READS, doc="where a probe reads the label: the last token or the adjective"),
+        Param("polarity", str, "both", choices=POLARITIES,
+              doc="both, or only positive (negative) sentences, each paired with its opposite: contrast pairs "
+                  "whose clean - corrupted difference points one way"),
         Param("prepend_bos", bool, None, doc="force a leading BOS on or off (default: the tokenizer's convention)"),
     ],
     provides=frozenset({"labels", "corrupted", "answers"}),
@@ -153,5 +164,5 @@ def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     split, why = (params["split"], "declared") if params.get("split") else default_split(model.data)
     tok = tokenizer_of(model, ctx)
     art = generate(tok, params.get("n"), params.get("seed", 0), split, params.get("form"), params.get("read", "end"),
-                   params.get("prepend_bos"))
+                   params.get("prepend_bos"), params.get("polarity", "both"))
     return Artifact(tensors=art.tensors, tables=art.tables, data={**art.data, "split_source": why})
