@@ -171,3 +171,45 @@ def test_statement_checks_and_refuses_a_bad_component(stdlib_loaded):
     with pytest.raises(StudyErrors) as e:
         check(head + "examples heads in layer 1 of m over web\n", "s.study")
     assert "s.study:3:" in e.value.render() and "neurons" in e.value.render()
+
+
+def test_direction_examples_read_the_projection_on_the_direction(circuit_models):
+    import mechstudy.stdlib.ops.direction_examples  # noqa: F401
+    from mechstudy.stdlib.datasets.corpus import pack
+    from mechstudy.stdlib.representations.steering import vector_artifact
+
+    m = circuit_models("llama")
+    docs = ["John and Mary went to the store", "Mary gave a drink to John", "the cat sat on the mat"] * 6
+    corpus = Artifact(tensors=pack(docs, m.adapter.tokenizer, context=12, tokens=120))
+    g = torch.Generator().manual_seed(4)
+    vec = torch.randn(2, m.adapter.d_model, generator=g)
+    v = vector_artifact(vec, [0, 1], "resid_pre", "test", m.artifact.data, {})
+    out = spec.OPS["direction_examples"].execute({"model": m.artifact, "corpus": corpus, "direction": v},
+                                                 {"layers": [1], "top": 3, "before": 1, "after": 1},
+                                                 Context(device="cpu", max_rows=4))
+    t = corpus.tensors
+    with torch.no_grad():
+        h = m.adapter.model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                            output_hidden_states=True).hidden_states[1]
+    proj = (h @ (vec[1] / vec[1].norm()))[t["attention_mask"].bool()]
+    assert out.tables["result"]["layer"].to_list() == [1]
+    assert out.tensors["top_value"][0].tolist() == pytest.approx(proj.topk(3).values.tolist(), abs=1e-5)
+    assert out.tables["result"]["max"][0] == pytest.approx(float(proj.max()), abs=1e-5)
+
+
+def test_a_binary_probe_is_a_direction_toward_class_one():
+    from mechstudy.stdlib.representations import probes as P
+    from mechstudy.stdlib.representations.steering import directions
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 200, 6, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3, 0.5, 1, 2, 1])
+    y = (x[0, :, 1] - x[0, :, 4] > 0).long()
+    fit = P.fit_linear(x, y, 2, l2=1.0)
+    art = Artifact(tensors={"task_W": fit.W.float(), "task_b": fit.b.float(), "task_std": fit.std.float(),
+                            "task_mean": fit.mean.float()}, data={"site": "resid_post", "layers": [3]})
+    d = directions(art)
+    logit = P.logits(fit, x)[0, :, 0]
+    proj = x[0] @ d.vectors[0].double()
+    # the projection is the probe's logit up to a constant offset
+    torch.testing.assert_close(proj - proj.mean(), logit - logit.mean(), atol=1e-4, rtol=1e-4)
+    assert d.layers == [3] and d.site == "resid_post"

@@ -14,11 +14,16 @@ Tables: "result" (one row per neuron: layer, neuron, max, mean, min, density, to
 and position, the token, the context as `text` with the token in [[ ]], and `tokens`/`acts` for
 highlighting), "histogram". The default chart draws the top examples of the first neurons with
 every token shaded by the neuron's activation on it.
+
+Any direction instead of neurons: `examples v of m over web` with `v` a steering vector
+(`contrast`, `actadd`) or a binary logistic probe reads the activation at the direction's site and
+layer(s) along it (scaled to unit length; a probe's weights taken back to the raw activation space),
+one unit per layer; `in LAYERS` then picks among the direction's layers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -33,13 +38,23 @@ COMPONENTS = ("neurons",)
 IN_MEMORY = 32_000_000  # activation values kept between the two passes (else the forwards run twice)
 
 
-def unit_batches(adapter: Any, prompts: Prompts, sites: list[Site], index: torch.Tensor, max_rows: int,
-                 ) -> ex.Batches:
-    """Batches of [B, S, len(sites) * len(index)] activations (site-major) over the prompts: the
-    neurons `index` of each site, read by chunked forwards; kept in memory between the two passes
-    when small, else recomputed."""
+def neuron_reader(sites: list[Site], index: torch.Tensor) -> Callable[[dict], torch.Tensor]:
+    """acts -> [B, S, len(sites) * len(index)]: the neurons `index` of each site (site-major)."""
+    return lambda acts: torch.cat([acts[s][..., index].float().cpu() for s in sites], -1)
+
+
+def direction_reader(sites: list[Site], vectors: torch.Tensor) -> Callable[[dict], torch.Tensor]:
+    """acts -> [B, S, len(sites)]: each site's activation (trailing axes flattened) along its
+    direction, scaled to unit length."""
+    unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return lambda acts: torch.stack([acts[s].flatten(2).float().cpu() @ unit[i] for i, s in enumerate(sites)], -1)
+
+
+def unit_batches(adapter: Any, prompts: Prompts, sites: list[Site], read: Callable[[dict], torch.Tensor], units: int,
+                 max_rows: int) -> ex.Batches:
+    """Batches of [B, S, units] activations over the prompts (`read` turns the captured sites into
+    units), by chunked forwards; kept in memory between the two passes when small, else recomputed."""
     n = prompts.n
-    units = len(sites) * len(index)
     keep = n * prompts.ids.shape[1] * units <= IN_MEMORY
     memo: list[ex.Batch] = []
 
@@ -47,9 +62,7 @@ def unit_batches(adapter: Any, prompts: Prompts, sites: list[Site], index: torch
         with torch.no_grad():
             for rows in chunks(n, max_rows):
                 ids, mask = trimmed(prompts.ids, prompts.attention_mask, rows)
-                acts = adapter.capture(ids, mask, sites)
-                a = torch.cat([acts[s][..., index].float().cpu() for s in sites], -1)
-                yield ex.Batch(a, ids, mask.bool(), rows)
+                yield ex.Batch(read(adapter.capture(ids, mask, sites)), ids, mask.bool(), rows)
 
     def batches() -> Iterator[ex.Batch]:
         if memo:
@@ -63,6 +76,18 @@ def unit_batches(adapter: Any, prompts: Prompts, sites: list[Site], index: torch
     return batches
 
 
+# What to collect per unit; shared with `examples direction v ...` (stdlib/ops/direction_examples.py).
+SETTINGS = (
+    Param("top", int, 20, doc="top-activating examples per unit"),
+    Param("before", int, 8, doc="tokens shown before an example's token"),
+    Param("after", int, 4, doc="tokens shown after it"),
+    Param("bands", int, 5, doc="equal intervals of (0, max] sampled from"),
+    Param("per_band", int, 3, doc="examples drawn from each interval"),
+    Param("bins", int, 32, doc="histogram bins between the min and the max"),
+    Param("seed", int, 0, doc="seed of the interval samples"),
+)
+
+
 @spec.operator(
     "examples",
     version=1,
@@ -74,13 +99,7 @@ def unit_batches(adapter: Any, prompts: Prompts, sites: list[Site], index: torch
         Param("layers", spec.LAYERS, spec.REQUIRED, doc="the layers whose neurons are read"),
         Param("model", spec.MODEL),
         Param("corpus", spec.CORPUS, doc="the text the neurons are read over (`over NAME`)"),
-        Param("top", int, 20, doc="top-activating examples per neuron"),
-        Param("before", int, 8, doc="tokens shown before an example's token"),
-        Param("after", int, 4, doc="tokens shown after it"),
-        Param("bands", int, 5, doc="equal intervals of (0, max] sampled from"),
-        Param("per_band", int, 3, doc="examples drawn from each interval"),
-        Param("bins", int, 32, doc="histogram bins between the min and the max"),
-        Param("seed", int, 0, doc="seed of the interval samples"),
+        *SETTINGS,
     ],
     output="table",
     uses_model=True,
@@ -93,31 +112,44 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     adapter = ctx.model(inputs["model"])
     prompts = Prompts.of(inputs["corpus"])
     kind = component(params["component"]).kind
-    n_units = kind.n_units(adapter.dims)
-    index = list(range(n_units)) if not params["component_index"] else [int(i) for i in params["component_index"]]
-    bad = [i for i in index if not 0 <= i < n_units]
+    per_layer = kind.n_units(adapter.dims)
+    index = list(range(per_layer)) if not params["component_index"] else [int(i) for i in params["component_index"]]
+    bad = [i for i in index if not 0 <= i < per_layer]
     if bad:
-        raise ValueError(f"neuron {bad[0]} out of range: the model has {n_units} per layer")
+        raise ValueError(f"neuron {bad[0]} out of range: the model has {per_layer} per layer")
     layers = list(range(adapter.n_layers)) if params["layers"] in (None, "all") else [int(l) for l in params["layers"]]
     sites = [Site(l, kind.name) for l in layers]
-    settings = ex.Settings(k=params["top"], before=params["before"], after=params["after"], bands=params["bands"],
-                           per_band=params["per_band"], bins=params["bins"], threshold=0.0, seed=params["seed"])
-    batches = unit_batches(adapter, prompts, sites, torch.tensor(index), ctx.max_rows)
-    found = ex.collect(batches, len(sites) * len(index), settings)
-    tok = adapter.tokenizer
     units = {"layer": [l for l in layers for _ in index], "neuron": [i for _ in layers for i in index]}
+    return collect_units(adapter, prompts, sites, neuron_reader(sites, torch.tensor(index)), units, params, ctx,
+                         {"site": kind.name, "neurons": index})
+
+
+def settings_of(params: dict) -> ex.Settings:
+    return ex.Settings(k=params["top"], before=params["before"], after=params["after"], bands=params["bands"],
+                       per_band=params["per_band"], bins=params["bins"], threshold=0.0, seed=params["seed"])
+
+
+def collect_units(adapter: Any, prompts: Prompts, sites: list[Site], read: Callable[[dict], torch.Tensor],
+                  units: dict[str, list], params: dict, ctx: Any, extra: dict) -> Artifact:
+    """The artifact of an `examples` statement: collect over the corpus, tables, headline."""
+    settings = settings_of(params)
+    n_units = len(next(iter(units.values())))
+    found = ex.collect(unit_batches(adapter, prompts, sites, read, n_units, ctx.max_rows), n_units, settings)
+    tok = adapter.tokenizer
     tables = found.tables(lambda i: tok.decode([i]), units)
     stats = tables.pop("stats")
     best = stats.sort("max", descending=True).row(0, named=True)
+    name = f"L{best['layer']} N{best['neuron']}" if "neuron" in best else f"L{best['layer']} {best['direction']}"
     return Artifact(
         tensors=found.tensors(),
         tables={"result": stats, **tables},
-        data={"site": kind.name, "layers": layers, "neurons": index, "tokens": found.count,
+        data={**extra, "layers": sorted(set(units["layer"])), "tokens": found.count,
               "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
-              "convention": "activation = mlp_post (after the nonlinearity); density = fraction of tokens above 0; "
+              "convention": "activation = the unit's value on each token (neurons: mlp_post, after the nonlinearity; "
+                            "directions: the component along the unit vector); density = fraction of tokens above 0; "
                             "intervals: equal fifths of (0, max], sampled uniformly",
-              "chart": {"title": "Top-activating examples (token shade = the neuron's activation)"},
+              "chart": {"title": "Top-activating examples (token shade = the unit's activation)"},
               "headline": [{"label": "tokens read", "value": found.count},
-                           {"label": "strongest neuron", "value": f"L{best['layer']} N{best['neuron']}",
+                           {"label": "strongest unit", "value": name,
                             "detail": f"max {best['max']:.3g}, density {best['density']:.3g}"}]},
     )

@@ -27,7 +27,7 @@ from mechstudy.engine.spec import Artifact
 
 CHAR_PX = 7.3  # width of one character of the 12 px monospace font the tokens are drawn in
 LINE_PX = 22
-UNIT_LABELS = (("layer", "L"), ("head", "H"), ("neuron", " N"), ("feature", "F"), ("unit", "#"), ("direction", ""))
+UNIT_LABELS = (("layer", "L"), ("head", "H"), ("neuron", " N"), ("feature", "F"), ("unit", "#"), ("direction", " "))
 
 
 def unit_label(row: dict[str, Any], keys: list[str]) -> str:

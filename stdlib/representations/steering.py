@@ -55,3 +55,18 @@ def read(artifact: Artifact) -> Steering:
         raise ValueError("this result is not a steering vector (make one with `contrast ...` or `actadd ...`)")
     return Steering(info["site"], list(info["layers"]), torch.as_tensor(artifact.tensors["vectors"]).float(),
                     info.get("method", "?"), info.get("fingerprint"))
+
+
+def directions(artifact: Artifact) -> Steering:
+    """Directions in the residual stream held by a result: a steering vector's, or a binary linear
+    probe's (`probe ... using logistic` on two classes: its weight vector per layer, taken back to
+    the raw activation space, w / std, pointing toward class 1). ValueError otherwise."""
+    if (artifact.data or {}).get("steering") is not None:
+        return read(artifact)
+    t, data = artifact.tensors, artifact.data or {}
+    if "task_W" in t and "task_W2" not in t and torch.as_tensor(t["task_W"]).shape[-1] == 1:
+        W = torch.as_tensor(t["task_W"]).float()[..., 0]  # [L, D] on standardised features
+        std = torch.as_tensor(t["task_std"]).float()
+        return Steering(data["site"], list(data["layers"]), W / std, "probe", None)
+    raise ValueError("this result holds no direction: use a steering vector (`contrast`, `actadd`) or a binary "
+                     "logistic probe")
