@@ -66,6 +66,8 @@ def _pack_limit_arg(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected failure")
+    common.add_argument("--no-ceilings", action="store_true",
+                        help="allow sizes over the parameters' sane ceilings (also MECHSTUDY_NO_CEILINGS=1)")
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog="study", description="Declarative, cached interpretability studies.",
                                  epilog=_EPILOG, formatter_class=fmt, parents=[common])
@@ -204,6 +206,24 @@ def _stop_on_signals(hard_exit: bool) -> Iterator[None]:
             signal.signal(s, h)
 
 
+@contextmanager
+def _ceilings(lifted: bool) -> Iterator[None]:
+    """--no-ceilings: sizes over a parameter's `ceiling` are allowed for this command (the checker
+    and every worker read MECHSTUDY_NO_CEILINGS)."""
+    if not lifted:
+        yield
+        return
+    before = os.environ.get("MECHSTUDY_NO_CEILINGS")
+    os.environ["MECHSTUDY_NO_CEILINGS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MECHSTUDY_NO_CEILINGS", None)
+        else:
+            os.environ["MECHSTUDY_NO_CEILINGS"] = before
+
+
 def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) -> int:
     """Run one verb; returns its exit code. `hard_exit` (default: when called as the `study`
     program, argv None) ends the process at once after an interruption, without waiting for
@@ -217,7 +237,7 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) ->
 
     code = INTERNAL
     try:
-        with _stop_on_signals(hard_exit):
+        with _stop_on_signals(hard_exit), _ceilings(getattr(args, "no_ceilings", False)):
             code = _dispatch(args)
     except StudyErrors as e:
         print(e.render(), file=sys.stderr)

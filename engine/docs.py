@@ -16,6 +16,8 @@ def _param_line(p: spec.Param) -> str:
         bits.append("one of " + "|".join(map(str, p.choices)))
     if not p.required:
         bits.append(f"default {p.default!r}")
+    if p.bounded:
+        bits.append(p.limits())
     if p.sweepable:
         bits.append("sweepable")
     if not p.keyed:
@@ -173,6 +175,8 @@ def _param_row(p: spec.Param) -> str:
     notes = []
     if p.choices:
         notes.append("one of " + ", ".join(f"`{c}`" for c in p.choices))
+    if p.bounded:
+        notes.append(p.limits())
     if p.sweepable:
         notes.append("sweepable")
     if not p.keyed:

@@ -29,6 +29,8 @@ bare word ``w``    the param whose     ``noising`` -> ``direction="noising"``
 from __future__ import annotations
 
 import difflib
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -70,6 +72,17 @@ class Param:
             operator's version.
         sweepable: a list or range value makes a sweep: one node per point.
         doc: one line.
+
+    What values are allowed is declared here too, once, and checked by `study check` for every
+    value written in a study (each point of a sweep, each element of a list param), with the span:
+        minimum, maximum: inclusive bounds (e.g. minimum=1 for a count);
+        above, below: exclusive bounds (e.g. above=0 for a learning rate, below=1 for a sparsity);
+        ceiling: a sane size; a larger value is refused unless ceilings are lifted
+            (`study ... --no-ceilings` or MECHSTUDY_NO_CEILINGS=1), because it would run for hours
+            or exhaust memory rather than fail;
+        nonempty: a list value needs at least one element.
+    `PROBABILITY` (minimum 0, maximum 1) and `COUNT` (minimum 1) spell the common ones:
+    `Param("p", float, 0.5, **PROBABILITY)`.
     """
 
     name: str
@@ -79,10 +92,87 @@ class Param:
     keyed: bool = True
     sweepable: bool = False
     doc: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+    ceiling: float | None = None
+    nonempty: bool = False
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    @property
+    def bounded(self) -> bool:
+        return any(x is not None for x in (self.minimum, self.maximum, self.above, self.below, self.ceiling)) or self.nonempty
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with one value of this parameter (an element, for a list param), or None.
+        A value over the ceiling is a problem only while ceilings are on (`ceilings_lifted`).
+
+        >>> Param("n", int, 8, minimum=1, ceiling=1000).problem(0)
+        'must be at least 1'
+        >>> Param("sparsity", float, 0.9, minimum=0, below=1).problem(1.0)
+        'must be less than 1'
+        """
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if isinstance(value, float) and math.isnan(value):
+            return "must be a number (not NaN)"
+        if self.minimum is not None and value < self.minimum:
+            return f"must be at least {_num(self.minimum)}"
+        if self.above is not None and value <= self.above:
+            return f"must be greater than {_num(self.above)}"
+        if self.maximum is not None and value > self.maximum:
+            return f"must be at most {_num(self.maximum)}"
+        if self.below is not None and value >= self.below:
+            return f"must be less than {_num(self.below)}"
+        if self.ceiling is not None and value > self.ceiling and not ceilings_lifted():
+            return f"is over the ceiling of {_num(self.ceiling)}"
+        return None
+
+    def limits(self) -> str:
+        """The allowed values in words, for docs ("at least 1, at most 100,000 (ceiling)")."""
+        parts = []
+        if self.minimum is not None:
+            parts.append(f">= {_num(self.minimum)}")
+        if self.above is not None:
+            parts.append(f"> {_num(self.above)}")
+        if self.maximum is not None:
+            parts.append(f"<= {_num(self.maximum)}")
+        if self.below is not None:
+            parts.append(f"< {_num(self.below)}")
+        if self.ceiling is not None:
+            parts.append(f"<= {_num(self.ceiling)} unless --no-ceilings")
+        if self.nonempty:
+            parts.append("not empty")
+        return ", ".join(parts)
+
+
+class OptionError(ValueError):
+    """A mistake in the options of a declaration or statement, raised by the checker's hooks
+    (`DatasetSpec.prepare`, `DatasetSpec.fits`, `OpSpec.validate`): `message`, the `option` to put the
+    caret on, and a `hint`."""
+
+    def __init__(self, message: str, option: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message + (f"; {hint}" if hint else ""))
+        self.message, self.option, self.hint = message, option, hint
+
+
+PROBABILITY: dict[str, Any] = {"minimum": 0.0, "maximum": 1.0}
+COUNT: dict[str, Any] = {"minimum": 1}
+CEILING_HINT = ("a size this large would run for hours or run out of memory rather than fail; if you mean "
+                "it, run with --no-ceilings (or set MECHSTUDY_NO_CEILINGS=1)")
+
+
+def ceilings_lifted() -> bool:
+    """Whether sizes over a parameter's `ceiling` are allowed (`--no-ceilings`, MECHSTUDY_NO_CEILINGS=1)."""
+    return os.environ.get("MECHSTUDY_NO_CEILINGS", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) >= 10_000 else (str(int(x)) if float(x).is_integer() else repr(x))
 
 
 @dataclass(frozen=True)
@@ -126,6 +216,12 @@ class OpSpec:
     default_chart: str | None = None
     requires: frozenset[str] = frozenset()  # dataset capabilities it needs (e.g. {"labels"})
     model_features: frozenset[str] = frozenset()  # model features it needs (keys of FEATURES)
+    # The key columns of the main table for given params (e.g. ("layer", "head")): lets the checker
+    # tell, before anything runs, whether two results can be joined row by row.
+    result_keys: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
+    # Two RESULT params whose main tables the op joins row by row (`compare A with B`): the checker
+    # refuses one result twice, a sweep, and results whose `result_keys` differ.
+    joins: tuple[str, str] | None = None
     doc: str = ""
     example: str | None = None  # a runnable statement, checked by tests
     module: str = ""
@@ -251,6 +347,11 @@ class DatasetSpec:
     # provides_for(params) -> capabilities of this one declaration (default: `provides`).
     prepare: Callable[[dict], dict] | None = None
     provides_for: Callable[[dict], frozenset[str]] | None = None
+    # fits(params, model_info) -> None, called by the checker for each statement that reads the dataset
+    # with that statement's model: raises ValueError (with `.message`, `.option`, `.hint`) when the
+    # declaration cannot work with that model (sequences longer than its context, token ids past its
+    # vocabulary) -- what no single option's limits can say.
+    fits: Callable[[dict, ModelInfo], None] | None = None
     example: str | None = None  # a declaration `study check` accepts (the reference shows it; a test checks it)
 
     def provides_of(self, params: Mapping[str, Any]) -> frozenset[str]:
@@ -274,6 +375,10 @@ class ChartSpec:
 
 
 OPS: dict[str, OpSpec] = {}
+# Component word -> (the ModelInfo.dims field its index counts, what a result table calls one unit),
+# e.g. "neurons" -> ("d_mlp", "neuron"); filled by the stdlib's site vocabulary, read by the checker
+# to refuse `neurons 100000..` on a model with 512.
+COMPONENT_UNITS: dict[str, tuple[str, str]] = {}
 MODEL_SOURCES: dict[str, ModelSource] = {}
 DATASETS: dict[str, DatasetSpec] = {}
 METRICS: dict[str, MetricSpec] = {}

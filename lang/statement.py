@@ -276,7 +276,84 @@ class _Mapper:
                 values[p.name] = p.default
         if ok:
             ok = self.check_dataset(values)
+        if ok and info is not None:
+            ok = self.check_units(values, info, model)
+        if ok and op.joins:
+            ok = self.check_join(values)
         return values if ok else None
+
+    def check_fits(self, gen, decl, values: dict[str, Any]) -> bool:
+        """The dataset's declaration works with this statement's model (`DatasetSpec.fits`)."""
+        model = next((v for p in self.op.params if p.type == spec.MODEL and isinstance(v := values.get(p.name), Ref)),
+                     None)
+        mdecl = self.c.models.get(decl.model or (model.name if model else ""))
+        if mdecl is None:
+            return True
+        try:
+            gen.fits(dict(decl.params), mdecl.info)
+        except ValueError as e:
+            at = self.given.get("dataset")
+            msg = getattr(e, "message", None) or str(e)
+            self.c.err(StudyTypeError(at[1] if at else self.span, f"dataset {decl.name} ({decl.generator}) does not "
+                                      f"fit model {mdecl.name}: {msg}", getattr(e, "hint", None)))
+            return False
+        return True
+
+    def check_units(self, values: dict[str, Any], info, model: str) -> bool:
+        """Component indices (`neurons 10..20`, `from heads [0, 2] ...`) exist in the model: each is
+        below the model dimension its component counts (`spec.COMPONENT_UNITS`)."""
+        groups = [(values.get("component"), values.get("component_index"), self.given.get("component_index"))]
+        for end in ("sender", "receiver"):
+            v, g = values.get(end), self.given.get(end)
+            if isinstance(v, dict) and g is not None and isinstance(g[0], dict):
+                groups.append((v.get("component"), v.get("component_index"), g[0].get("component_index")))
+        ok = True
+        for word, index, given in groups:
+            if not index or not isinstance(word, str) or word not in spec.COMPONENT_UNITS:
+                continue
+            dim, unit = spec.COMPONENT_UNITS[word]
+            n = info.dims.get(dim, 0)
+            bad = [i for i in _ints(index) if i >= n]
+            if n > 0 and bad:
+                span = given[1] if given else self.span
+                self.c.err(StudyTypeError(span, f"{unit} {bad[0]} is out of range: model {model} has {n} {unit}s "
+                                          f"per layer ({dim} = {n})", f"{unit}s of {model} run 0..{n - 1}"))
+                ok = False
+        return ok
+
+    def check_join(self, values: dict[str, Any]) -> bool:
+        """An op that joins two results row by row (`OpSpec.joins`, e.g. `compare A with B`): two
+        different results, one node each, whose main tables have the same key columns, so that
+        their rows match one to one."""
+        a, b = (values.get(name) for name in self.op.joins)
+        if not (isinstance(a, Ref) and isinstance(b, Ref)):
+            return True
+        at = self.given.get(self.op.joins[1]) or self.given.get(self.op.joins[0])
+        span = at[1] if at else self.span
+        if a.name == b.name:
+            self.c.err(StudyTypeError(span, f"'{self.verb}' compares {a.name} with itself",
+                                      "name two different results"))
+            return False
+        calls = [self.c.results.get(r.name) for r in (a, b)]
+        if any(call is None for call in calls):
+            return True
+        for r, call in zip((a, b), calls):
+            if len(call.points) != 1:
+                self.c.err(StudyTypeError(span, f"'{self.verb}' takes results of one node each; {r.name} is a "
+                                          f"sweep of {len(call.points)} points",
+                                          f"compare one point: a statement of {r.name} without a list value"))
+                return False
+        keys = []
+        for call in calls:
+            fn = spec.OPS[call.op].result_keys if call.op in spec.OPS else None
+            keys.append(fn(dict(call.points[0])) if fn else None)
+        if keys[0] is not None and keys[1] is not None and set(keys[0]) != set(keys[1]):
+            self.c.err(StudyTypeError(
+                span, f"'{self.verb}' joins rows one to one, but {a.name} has one row per ({', '.join(keys[0])}) "
+                f"and {b.name} one per ({', '.join(keys[1])})",
+                "compare results over the same component and positions (e.g. heads with heads)"))
+            return False
+        return True
 
     def model_info(self, values: dict[str, Any]):
         """(ModelInfo, model name) of the statement's model; (None, None) when it has none.
@@ -381,6 +458,8 @@ class _Mapper:
                     f"dataset {decl.name} needs a model's tokenizer, and this statement names no model",
                     f"add `model=NAME` to its declaration (models: {', '.join(models) or 'none declared'})"))
                 return False
+        if gen is not None and gen.fits is not None and not self.check_fits(gen, decl, values):
+            return False
         needs = [(p.name, values[p.name], spec.METRICS[values[p.name]].requires)
                  for p in self.op.params if p.type == spec.METRIC and values.get(p.name) in spec.METRICS]
         if getattr(self.op, "requires", None):
@@ -401,6 +480,15 @@ class _Mapper:
             ))
             ok = False
         return ok
+
+
+def _ints(value: Any) -> list[int]:
+    """Every whole number in a component index: one, a list of them, or a sweep of either."""
+    if isinstance(value, Sweep):
+        return [i for v in value.values for i in _ints(v)]
+    if isinstance(value, (list, tuple)):
+        return [i for v in value for i in _ints(v)]
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else []
 
 
 def sweep_points(values: dict[str, Any], span: Span):

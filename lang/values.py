@@ -107,7 +107,11 @@ def scalar(p: Param, node: ast.Value, owner: str, resolve: Resolver | None) -> A
         return resolve(t, ident)
     if t in (list, tuple):
         elems = items(node) if isinstance(node, (ast.List, ast.Range)) else (node,)
+        if p.nonempty and not elems:
+            raise StudyTypeError(node.span, f"{owner}: '{p.name}' needs at least one value", f"e.g. {p.name}=[...]")
         out = tuple(scalar(Param(p.name, _elem_type(x)), x, owner, None) for x in elems)
+        for x, v in zip(elems, out):
+            bounded(p, v, x, owner)
         if any(isinstance(x, float) for x in out) and all(type(x) in (int, float) for x in out):
             out = tuple(float(x) for x in out)  # [0, 0.9] means [0.0, 0.9]: one key for both spellings
         return out
@@ -116,13 +120,13 @@ def scalar(p: Param, node: ast.Value, owner: str, resolve: Resolver | None) -> A
             return node.value
     elif t is int:
         if isinstance(node, ast.Int):
-            return node.value
+            return bounded(p, node.value, node, owner)
     elif t is float:
         if isinstance(node, (ast.Int, ast.Float)):
             v = float(node.value) if abs(node.value) < 1e308 else math.inf
             if not math.isfinite(v):
                 raise StudyTypeError(node.span, f"{owner}: '{p.name}' is out of the range of a float")
-            return v
+            return bounded(p, v, node, owner)
     elif t is str:
         if isinstance(node, (ast.Str, ast.Ident)):
             v = node.value if isinstance(node, ast.Str) else node.name
@@ -137,6 +141,18 @@ def scalar(p: Param, node: ast.Value, owner: str, resolve: Resolver | None) -> A
         raise StudyTypeError(node.span, f"{owner}: '{p.name}' cannot be set in a study")
     want = _TYPE_WORDS[t]
     raise StudyTypeError(node.span, f"{owner}: '{p.name}' takes {want}, not {describe(node)}")
+
+
+def bounded(p: Param, v: Any, node: ast.Value, owner: str) -> Any:
+    """`v`, unless it breaks `p`'s declared limits (engine/spec.py `Param.problem`): then an error at
+    the value, saying what is allowed."""
+    why = p.problem(v)
+    if why is None:
+        return v
+    shown = f"{v:,}" if isinstance(v, int) and abs(v) >= 10_000 else f"{v}"
+    if why.startswith("is over the ceiling"):
+        raise StudyTypeError(node.span, f"{owner}: '{p.name}' = {shown} {why}", spec.CEILING_HINT)
+    raise StudyTypeError(node.span, f"{owner}: '{p.name}' {why}; got {shown}", p.doc or None)
 
 
 def _elem_type(node: ast.Value) -> type:

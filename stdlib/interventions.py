@@ -234,6 +234,26 @@ def table_columns(word: str, g: Grid, positions: Any) -> dict[str, list]:
     return cols
 
 
+def key_columns(word: str, positions: Any) -> tuple[str, ...]:
+    """The key columns `table_columns` gives a statement's result table, from its params alone (for
+    the checker: `compare` joins results on these). A position written as a word is one column of
+    that word, told apart from a swept (numbered) position.
+
+    >>> key_columns("heads", None), key_columns("resid", "each"), key_columns("attn", "last")
+    (('layer', 'head'), ('layer', 'position'), ('layer', 'position=last'))
+    """
+    unit = component(word).unit
+    positions = default_positions(word, positions)
+    cols = ["layer"]
+    if positions not in ("all", "last"):
+        cols.append("position")
+    elif unit is None:
+        cols.append(f"position={positions}")
+    if unit:
+        cols.append(unit)
+    return tuple(cols)
+
+
 def chart_hints(g: Grid) -> dict:
     """Heatmap hints: facet by position when a per-unit grid is also swept over positions; the
     neuron axis on x."""

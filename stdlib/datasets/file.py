@@ -370,7 +370,7 @@ _CHECK_HOOKS = {k: v for k, v in (("prepare", prepare), ("provides_for", provide
         Param("corrupted", str, None, doc="column of corrupted prompts (same token length as the prompts)"),
         Param("label", str, None, doc="column of labels (classes or numbers)"),
         Param("format", str, "auto", choices=FORMATS, doc="file format (auto: from the suffix)"),
-        Param("n", int, None, doc="use the first n rows (default: all)"),
+        Param("n", int, None, minimum=1, doc="use the first n rows (default: all)"),
         Param("answer_space", bool, True, doc="read answers with a leading space, as they follow the prompt"),
         Param("prepend_bos", bool, None, doc="force a leading BOS on or off (default: the tokenizer's convention)"),
     ],

@@ -122,21 +122,40 @@ def second_half_targets(ids: torch.Tensor, second_half: Sequence[int]) -> tuple[
     return pos, ids[:, pos + 1]
 
 
+def _fits(p: dict, info: Any) -> None:
+    """What `study check` can tell from the model's config: the sequences fit its context, and the
+    token range holds 2 * length distinct ids (special tokens, which `candidate_tokens` also skips,
+    are the tokenizer's and are left to the run)."""
+    L, lo, hi = p["length"], p.get("vocab_min") or 0, p.get("vocab_max")
+    tokens = 1 + 2 * L if p.get("prepend_bos", True) else 2 * L
+    if info.n_ctx and tokens > info.n_ctx:
+        raise spec.OptionError(f"sequences of {tokens} tokens (1 + 2 * length) are longer than its {info.n_ctx} "
+                               "positions", "length", f"length={(info.n_ctx - 1) // 2} at most")
+    top = min(hi, info.d_vocab) if hi is not None else info.d_vocab
+    if hi is not None and hi > info.d_vocab:
+        raise spec.OptionError(f"vocab_max={hi} is past its vocabulary of {info.d_vocab} tokens", "vocab_max",
+                               f"vocab_max={info.d_vocab} at most")
+    if top - lo < 2 * L:
+        raise spec.OptionError(f"token ids {lo}..{top - 1} hold {max(0, top - lo)} tokens; length={L} needs "
+                               f"{2 * L} distinct ones", "vocab_min" if p.get("vocab_min") else "length")
+
+
 @spec.dataset(
     "induction",
     version=1,
     params=[
-        Param("n", int, 32, doc="number of sequences"),
-        Param("length", int, 20, doc="random tokens per copy (L); sequences are 1 + 2L tokens with BOS"),
-        Param("seed", int, 0, doc="sampling seed"),
-        Param("vocab_min", int, None, doc="smallest token id drawn (default 0; special tokens never)"),
-        Param("vocab_max", int, None, doc="token ids drawn are below this (default: the model's vocabulary)"),
+        Param("n", int, 32, minimum=1, ceiling=10_000, doc="number of sequences"),
+        Param("length", int, 20, minimum=2, ceiling=100_000, doc="random tokens per copy (L); sequences are 1 + 2L tokens with BOS"),
+        Param("seed", int, 0, minimum=0, doc="sampling seed"),
+        Param("vocab_min", int, None, minimum=0, doc="smallest token id drawn (default 0; special tokens never)"),
+        Param("vocab_max", int, None, minimum=1, doc="token ids drawn are below this (default: the model's vocabulary)"),
         Param("prepend_bos", bool, True, doc="start every sequence with the BOS (else EOS) token"),
         Param("corrupt", str, "first_half", choices=CORRUPTIONS,
               doc="first_half: fresh first copy (nothing to copy); answer: replace only the answer's first occurrence"),
     ],
     provides=frozenset({"answers", "corrupted", "repeated"}),
     needs_model=True,
+    fits=lambda p, info: _fits(p, info),
 )
 def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """Repeated random tokens [BOS][r][r] and clean/corrupted prompts whose answer is found only by induction."""

@@ -105,9 +105,9 @@ def generate(tokenizer: Any, n: int = 64, seed: int = 0, template: int | None = 
     "ioi",
     version=1,
     params=[
-        Param("n", int, 64, doc="number of clean/corrupted prompt pairs"),
-        Param("seed", int, 0, doc="sampling seed"),
-        Param("template", int, None, doc="fix one template: 0-14 BABA, 15-29 ABBA (same positions in every prompt)"),
+        Param("n", int, 64, minimum=1, ceiling=10_000, doc="number of clean/corrupted prompt pairs"),
+        Param("seed", int, 0, minimum=0, doc="sampling seed"),
+        Param("template", int, None, minimum=0, maximum=len(templates()) - 1, doc="fix one template: 0-14 BABA, 15-29 ABBA (same positions in every prompt)"),
         Param("prepend_bos", bool, None, doc="force a leading BOS on or off (default: the tokenizer's convention)"),
     ],
     provides=frozenset({"answers", "corrupted"}),

@@ -78,16 +78,26 @@ def generate(tokenizer: Any, n: int = 32, length: int = 10, seed: int = 0) -> Ar
     return Artifact(tensors=tensors, tables={"prompts": pl.DataFrame(rows)}, data=data)
 
 
+def _fits(length: int, info: Any) -> None:
+    """Prompts of `length` tokens (plus BOS where the generator adds one) fit the model's context
+    (checked by `study check`)."""
+    tokens = length + 0
+    if info.n_ctx and tokens > info.n_ctx:
+        raise spec.OptionError(f"prompts of {tokens} tokens are longer than its {info.n_ctx} positions", "length",
+                               f"length={info.n_ctx - 0} at most")
+
+
 @spec.dataset(
     "reverse",
     version=1,
     params=[
-        Param("n", int, 32, doc="number of clean/corrupted pairs"),
-        Param("length", int, 10, doc="tokens per prompt, BOS included (tracr-reverse takes up to 13)"),
-        Param("seed", int, 0, doc="sampling seed"),
+        Param("n", int, 32, minimum=1, ceiling=10_000, doc="number of clean/corrupted pairs"),
+        Param("length", int, 10, minimum=4, doc="tokens per prompt, BOS included (tracr-reverse takes up to 13)"),
+        Param("seed", int, 0, minimum=0, doc="sampling seed"),
     ],
     provides=frozenset({"answers", "corrupted"}),
     needs_model=True,
+    fits=lambda p, info: _fits(p["length"], info),
 )
 def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """Causal reverse: `x_1 .. x_n | y_1 .. y_k`, the answer is the next reversed token x_{n-k}."""

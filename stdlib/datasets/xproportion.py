@@ -73,16 +73,26 @@ def generate(tokenizer: Any, n: int = 32, length: int = 6, seed: int = 0) -> Art
     return Artifact(tensors=tensors, tables={"prompts": pl.DataFrame(rows)}, data=data)
 
 
+def _fits(length: int, info: Any) -> None:
+    """Prompts of `length` tokens (plus BOS where the generator adds one) fit the model's context
+    (checked by `study check`)."""
+    tokens = length + 1
+    if info.n_ctx and tokens > info.n_ctx:
+        raise spec.OptionError(f"prompts of {tokens} tokens are longer than its {info.n_ctx} positions", "length",
+                               f"length={info.n_ctx - 1} at most")
+
+
 @spec.dataset(
     "xproportion",
     version=1,
     params=[
-        Param("n", int, 32, doc="number of clean/corrupted pairs"),
-        Param("length", int, 6, doc="tokens after BOS (tracr-xproportion takes up to 10)"),
-        Param("seed", int, 0, doc="sampling seed"),
+        Param("n", int, 32, minimum=1, ceiling=10_000, doc="number of clean/corrupted pairs"),
+        Param("length", int, 6, minimum=1, doc="tokens after BOS (tracr-xproportion takes up to 10)"),
+        Param("seed", int, 0, minimum=0, doc="sampling seed"),
     ],
     provides=frozenset({"answers", "corrupted"}),
     needs_model=True,
+    fits=lambda p, info: _fits(p["length"], info),
 )
 def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """tracr-xproportion: random w/x/y/z sequences; the answer is the fraction of x (read at the last position)."""

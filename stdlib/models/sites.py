@@ -39,6 +39,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from mechstudy.engine import spec as _spec
 from mechstudy.engine.spec import ModelInfo
 
 # Axis name -> the ModelInfo field giving its size ("seq" is the input's length, "one" is 1).
@@ -390,3 +391,8 @@ def arch_for(model_type: str) -> ArchTable:
     except KeyError:
         known = ", ".join(sorted(ARCHS)) or "none"
         raise LookupError(f"no adapter for model_type {model_type!r} (adapters exist for: {known})") from None
+
+
+# For the checker (which reads the registries, never the stdlib): the model dimension each component
+# word's index counts, and what a result table calls its unit.
+_spec.COMPONENT_UNITS.update({w: (AXIS_SIZE[k.unit_axis], k.unit) for w, k in WORDS.items() if k.unit_axis})

@@ -91,7 +91,7 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
     components=COMPONENTS,
     params=[
         Param("component", str, choices=COMPONENTS, doc="what to knock out"),
-        Param("component_index", list, None, doc="heads or neurons to sweep (`neurons 10..20`); default all"),
+        Param("component_index", list, None, minimum=0, nonempty=True, doc="heads or neurons to sweep (`neurons 10..20`); default all"),
         Param("layers", spec.LAYERS, "all", doc="layers to sweep"),
         Param("positions", spec.POSITIONS, None, doc="default: all (per head / neuron), each (the others)"),
         Param("model", spec.MODEL),
@@ -99,7 +99,7 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
         Param("metric", spec.METRIC, "logit_diff", doc="logit_diff, prob, kl, loss or prob_diff"),
         Param("method", str, "mean", choices=METHODS, doc="zero, mean (over the dataset) or resample (corrupted)"),
         Param("mean_of", str, "clean", choices=("clean", "corrupted"), doc="prompts a mean ablation averages"),
-        Param("seed", int, 0, doc="resample permutation seed"),
+        Param("seed", int, 0, minimum=0, doc="resample permutation seed"),
     ],
     output="table",
     plan=lambda params, b: iv.plan_sweep("ablate", params, b, captures(params)),
@@ -107,6 +107,7 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
     default_chart="heatmap",
     requires=frozenset({"corrupted"}),
     model_features=frozenset({"causal", "lm_head"}),
+    result_keys=lambda p: iv.key_columns(p["component"], p.get("positions")),
     example="ablate heads in all layers of m on ioi with logit_diff using mean",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:

@@ -81,6 +81,13 @@ def _plan(params: dict, b: Any) -> Any:
                                 "positions": iv.default_positions(params["component"], params["positions"])})
 
 
+def _only_neurons_indexed(p: dict) -> None:
+    """Check time: an index picks neurons; other components are attributed whole (see `run`)."""
+    if p.get("component_index") is not None and component(p["component"]).unit != "neuron":
+        raise spec.OptionError(f"component '{p['component']}' takes no index here (only neurons)", "component_index",
+                               f"attribute {p['component']} without an index, or attribute neurons N..M")
+
+
 @spec.operator(
     "attribute",
     version=1,
@@ -88,7 +95,7 @@ def _plan(params: dict, b: Any) -> Any:
     components=COMPONENTS,
     params=[
         Param("component", str, choices=COMPONENTS, doc="what to attribute"),
-        Param("component_index", list, None, doc="neurons only: which neurons (default: all)"),
+        Param("component_index", list, None, minimum=0, nonempty=True, doc="neurons only: which neurons (default: all)"),
         Param("layers", spec.LAYERS, "all", doc="layers to report"),
         Param("positions", spec.POSITIONS, None, doc="default: all (heads, neurons), each (the others)"),
         Param("model", spec.MODEL),
@@ -102,6 +109,8 @@ def _plan(params: dict, b: Any) -> Any:
     default_chart="heatmap",
     requires=frozenset({"corrupted"}),
     model_features=frozenset({"causal", "lm_head"}),
+    result_keys=lambda p: iv.key_columns(p["component"], p.get("positions")),
+    validate=lambda p: _only_neurons_indexed(p),
     example="attribute heads in all layers of m on ioi with logit_diff",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:

@@ -66,11 +66,12 @@ def _plan(params: dict, b: Any) -> Any:
     params=[
         Param("result", spec.RESULT, doc="the first result (e.g. attribution patching)"),
         Param("metric", spec.RESULT, doc="`with NAME`: the result to compare it with (e.g. activation patching)"),
-        Param("top", int, 5, doc="k of the top-k overlap"),
+        Param("top", int, 5, minimum=1, doc="k of the top-k overlap"),
         Param("labels", list, None, doc="names of the two value columns (set by the plan: the producing operators)"),
     ],
     output="table",
     plan=_plan,
+    joins=("result", "metric"),
     default_chart="scatter",
     example=("atp = attribute heads in all layers of m on ioi with logit_diff\n"
              "heads = patch heads in all layers of m on ioi with logit_diff\n"

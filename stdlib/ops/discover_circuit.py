@@ -94,7 +94,7 @@ def task_metric(values: Callable[[str, torch.Tensor], torch.Tensor], logits: tor
         Param("model", spec.MODEL),
         Param("dataset", spec.DATASET),
         Param("metric", spec.METRIC, "kl", doc="kl (the paper's), or any metric the dataset supports"),
-        Param("threshold", float, 0.01, sweepable=True, doc="remove an edge when the damage grows by less"),
+        Param("threshold", float, 0.01, sweepable=True, minimum=0.0, doc="remove an edge when the damage grows by less"),
         Param("faithfulness", spec.METRIC, None,
               doc="metric of the faithfulness ratio (default: logit_diff, else prob_diff, else the metric)"),
     ],

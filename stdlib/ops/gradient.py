@@ -86,7 +86,7 @@ def gradients(adapter: Any, pairs: Pairs, site: str, which: str, metric: str, ig
         Param("site", str, choices=SITES, doc="site kind, or 'receivers' (the component graph's receiver inputs)"),
         Param("which", str, "corrupted", choices=("clean", "corrupted"), doc="the run the gradient is taken at"),
         Param("metric", spec.METRIC, "logit_diff", doc="any metric the dataset supports"),
-        Param("ig_steps", int, 1, doc="integrated-gradient steps along the embeddings (1: plain gradient)"),
+        Param("ig_steps", int, 1, minimum=1, ceiling=1_000, doc="integrated-gradient steps along the embeddings (1: plain gradient)"),
         Param("model", spec.MODEL),
         Param("dataset", spec.DATASET),
     ],

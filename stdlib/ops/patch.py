@@ -62,7 +62,7 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
     components=COMPONENTS,
     params=[
         Param("component", str, choices=COMPONENTS, doc="what to patch"),
-        Param("component_index", list, None, doc="heads or neurons to sweep (`neurons 10..20`); default all"),
+        Param("component_index", list, None, minimum=0, nonempty=True, doc="heads or neurons to sweep (`neurons 10..20`); default all"),
         Param("layers", spec.LAYERS, "all", doc="layers to sweep"),
         Param("positions", spec.POSITIONS, None, doc="default: all (per head / neuron), each (the others)"),
         Param("model", spec.MODEL),
@@ -77,6 +77,7 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
     default_chart="heatmap",
     requires=frozenset({"corrupted"}),
     model_features=frozenset({"causal", "lm_head"}),
+    result_keys=lambda p: iv.key_columns(p["component"], p.get("positions")),
     example="patch heads in all layers of m on ioi with logit_diff",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:

@@ -40,20 +40,20 @@ EVAL_ROWS = 16384  # fresh rows per model for the reported loss
 
 PARAMS = (
     Param("component", str, "toy", choices=("toy",), keyed=False, doc="the word `toy`"),
-    Param("n", int, 5, sweepable=True, doc="number of features"),
-    Param("m", int, 2, sweepable=True, doc="hidden dimensions"),
-    Param("sparsity", list, [0.0], doc="feature sparsities S (a batch inside one node, not a sweep)"),
-    Param("importance", list, [1.0], doc="importance decay r, I_i = r^i (a batch inside one node)"),
-    Param("seeds", int, 1, doc="models per (sparsity, importance), differing in init and data"),
-    Param("seed", int, 0, doc="seed of the whole batch's random stream"),
-    Param("steps", int, 3000, doc="training steps"),
-    Param("batch", int, 1024, doc="rows per model per step"),
-    Param("lr", float, 0.03, doc="Adam learning rate (cosine decay to 0)"),
+    Param("n", int, 5, sweepable=True, minimum=1, ceiling=10_000, doc="number of features"),
+    Param("m", int, 2, sweepable=True, minimum=1, ceiling=10_000, doc="hidden dimensions"),
+    Param("sparsity", list, [0.0], minimum=0.0, below=1.0, nonempty=True, doc="feature sparsities S (a batch inside one node, not a sweep)"),
+    Param("importance", list, [1.0], above=0.0, nonempty=True, doc="importance decay r, I_i = r^i (a batch inside one node)"),
+    Param("seeds", int, 1, minimum=1, ceiling=1_000, doc="models per (sparsity, importance), differing in init and data"),
+    Param("seed", int, 0, minimum=0, doc="seed of the whole batch's random stream"),
+    Param("steps", int, 3000, minimum=1, ceiling=1_000_000, doc="training steps"),
+    Param("batch", int, 1024, minimum=1, ceiling=65_536, doc="rows per model per step"),
+    Param("lr", float, 0.03, above=0.0, doc="Adam learning rate (cosine decay to 0)"),
     Param("output", str, "relu", choices=("relu", "linear"), doc="ReLU output model or linear model"),
     Param("bias", bool, True, doc="learn the output bias b"),
     Param("features", str, "independent", choices=data.STRUCTURES,
           doc="independent features, or correlated / anticorrelated sets"),
-    Param("group", int, 2, doc="set size for correlated / anticorrelated features"),
+    Param("group", int, 2, minimum=1, doc="set size for correlated / anticorrelated features"),
 )
 
 

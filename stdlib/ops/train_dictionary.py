@@ -60,31 +60,34 @@ PARAMS = (
     Param("corpus", spec.CORPUS, None, doc="the text whose activations train it (`over CORPUS`)"),
     Param("dataset", spec.DATASET, None, doc="or a dataset of activations (`on acts`, e.g. planted)"),
     Param("method", str, "topk", choices=ARCHS, doc="architecture: relu, topk, batchtopk or jumprelu"),
-    Param("width", int, 0, doc="features (0: 8 x the input width)"),
-    Param("k", int, 32, doc="active features per token (topk; batchtopk: on average)"),
-    Param("l1", float, 5.0, doc="L1 coefficient (relu), on normalised activations"),
-    Param("l0", float, 1.0, doc="L0 coefficient (jumprelu)"),
-    Param("lr", float, 1e-3, doc="Adam learning rate"),
-    Param("warmup", int, 50, doc="steps of linear learning-rate warm-up"),
-    Param("l1_warmup", int, 100, doc="steps of linear sparsity-coefficient warm-up (relu, jumprelu)"),
-    Param("batch", int, 4096, doc="tokens per step"),
-    Param("steps", int, 2000, keyed=False, doc="training steps (shapes the checkpoint chain; not in any key)"),
-    Param("checkpoint", int, 500, keyed=False, doc="steps per checkpoint node"),
-    Param("seed", int, 0, doc="initialisation and data-order seed"),
+    Param("width", int, 0, minimum=0, ceiling=1_000_000, doc="features (0: 8 x the input width)"),
+    Param("k", int, 32, minimum=1, doc="active features per token (topk; batchtopk: on average)"),
+    Param("l1", float, 5.0, minimum=0.0, doc="L1 coefficient (relu), on normalised activations"),
+    Param("l0", float, 1.0, minimum=0.0, doc="L0 coefficient (jumprelu)"),
+    Param("lr", float, 1e-3, above=0.0, doc="Adam learning rate"),
+    Param("warmup", int, 50, minimum=0, doc="steps of linear learning-rate warm-up"),
+    Param("l1_warmup", int, 100, minimum=0, doc="steps of linear sparsity-coefficient warm-up (relu, jumprelu)"),
+    Param("batch", int, 4096, minimum=1, ceiling=1_000_000, doc="tokens per step"),
+    Param("steps", int, 2000, keyed=False, minimum=1, ceiling=10_000_000, doc="training steps (shapes the checkpoint chain; not in any key)"),
+    Param("checkpoint", int, 500, keyed=False, minimum=1, doc="steps per checkpoint node"),
+    Param("seed", int, 0, minimum=0, doc="initialisation and data-order seed"),
     Param("decoder_norm", str, "auto", choices=("auto", "unit", "penalty"),
           doc="unit-norm decoder rows, or their norms in the L1 penalty (auto: penalty for relu and crosscoders)"),
     Param("dead", str, "auto", choices=("auto", "aux", "resample", "none"),
           doc="dead features: AuxK loss or resampling (auto: aux for topk/batchtopk, resample otherwise)"),
-    Param("dead_steps", int, 100, doc="steps without firing after which a feature counts as dead"),
-    Param("aux_k", int, 0, doc="AuxK's k (0: half the input width)"),
-    Param("aux_coef", float, 1 / 32, doc="AuxK's coefficient"),
-    Param("bandwidth", float, 0.05, doc="JumpReLU's straight-through kernel width"),
+    Param("dead_steps", int, 100, minimum=1, doc="steps without firing after which a feature counts as dead"),
+    Param("aux_k", int, 0, minimum=0, doc="AuxK's k (0: half the input width)"),
+    Param("aux_coef", float, 1 / 32, minimum=0.0, doc="AuxK's coefficient"),
+    Param("bandwidth", float, 0.05, above=0.0, doc="JumpReLU's straight-through kernel width"),
     Param("normalize", bool, True, doc="scale activations to E||x|| = sqrt(width) while training"),
-    Param("shard_tokens", int, 65_536, doc="tokens per activation-store shard"),
-    Param("window", int, 4, doc="shards shuffled together"),
+    Param("shard_tokens", int, 65_536, minimum=1, ceiling=10_000_000, doc="tokens per activation-store shard"),
+    Param("window", int, 4, minimum=1, ceiling=10_000, doc="shards shuffled together"),
     Param("store_dtype", str, "float32", choices=("float32", "float16", "bfloat16"), doc="stored activations' precision"),
-    Param("log_every", int, 10, doc="steps per history row"),
+    Param("log_every", int, 10, minimum=1, doc="steps per history row"),
 )
+
+
+MAX_CHECKPOINTS = 1_000  # checkpoint nodes per statement (each is planned, keyed and stored)
 
 
 def resolved(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,6 +143,11 @@ def validate(params: Mapping[str, Any]) -> None:
         bad(f"k ({p['k']}) is larger than the width ({p['width']})", "k")
     if p["lr"] <= 0:
         bad(f"lr must be positive, got {p['lr']}", "lr")
+    nodes = -(-int(p["steps"]) // int(p["checkpoint"]))
+    if nodes > MAX_CHECKPOINTS and not spec.ceilings_lifted():
+        bad(f"steps={p['steps']} in checkpoints of {p['checkpoint']} makes {nodes:,} checkpoint nodes, over the ceiling "
+            f"of {MAX_CHECKPOINTS:,}", "checkpoint", f"checkpoint={-(-int(p['steps']) // MAX_CHECKPOINTS)} or more; "
+            + spec.CEILING_HINT)
     if p["checkpoint"] % p["log_every"]:
         bad(f"checkpoint ({p['checkpoint']}) must be a multiple of log_every ({p['log_every']})", "checkpoint")
 

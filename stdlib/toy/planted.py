@@ -31,12 +31,12 @@ from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.toy import data
 
 PARAMS = (
-    Param("features", int, 64, doc="number of planted feature directions"),
-    Param("d", int, 16, doc="activation dimension"),
-    Param("sparsity", float, 0.95, doc="probability that a feature is zero in a row"),
-    Param("rows", int, 4096, doc="number of activation vectors"),
-    Param("noise", float, 0.0, doc="std of Gaussian noise added to the activations"),
-    Param("seed", int, 0, doc="random seed"),
+    Param("features", int, 64, minimum=1, ceiling=10_000, doc="number of planted feature directions"),
+    Param("d", int, 16, minimum=1, ceiling=10_000, doc="activation dimension"),
+    Param("sparsity", float, 0.95, minimum=0.0, below=1.0, doc="probability that a feature is zero in a row"),
+    Param("rows", int, 4096, minimum=1, ceiling=100_000, doc="number of activation vectors"),
+    Param("noise", float, 0.0, minimum=0.0, doc="std of Gaussian noise added to the activations"),
+    Param("seed", int, 0, minimum=0, doc="random seed"),
 )
 
 
