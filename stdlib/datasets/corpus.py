@@ -48,8 +48,8 @@ class CorpusError(ValueError):
 
 def common_params() -> list[Param]:
     return [
-        Param("tokens", int, 65_536, minimum=1, ceiling=1_000_000_000, doc="tokens to take (rows = tokens // context)"),
-        Param("context", int, 128, minimum=2, ceiling=1_000_000, doc="tokens per row"),
+        Param("tokens", int, 65_536, doc="tokens to take (rows = tokens // context)"),
+        Param("context", int, 128, doc="tokens per row"),
     ]
 
 
