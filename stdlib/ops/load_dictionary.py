@@ -67,7 +67,7 @@ def plan(params: dict, b: Any) -> Any:
         Param("path", str, doc="a SAELens directory, or a Gemma Scope params.npz (or its directory)"),
         Param("format", str, "auto", choices=("auto", *formats.FORMATS), doc="auto: detected from the files"),
         Param("site", str, None, choices=SITE_WORDS, doc="the site it reads (when the files do not say)"),
-        Param("layer", int, None, doc="its layer (when the files do not say)"),
+        Param("layer", int, None, minimum=0, doc="its layer (when the files do not say)"),
     ],
     plan=plan,
     validate=validate,

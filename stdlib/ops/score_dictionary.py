@@ -77,7 +77,7 @@ def sites_of(data: Mapping[str, Any]) -> Sites:
     params=[
         Param("dictionary", spec.RESULT, doc="a `train sae|transcoder|crosscoder` result"),
         Param("corpus", spec.CORPUS, doc="held-out text (`over CORPUS`)"),
-        Param("tokens", int, 32_768, doc="tokens evaluated (the corpus's first rows)"),
+        Param("tokens", int, 32_768, minimum=2, ceiling=10_000_000, doc="tokens evaluated (the corpus's first rows)"),
     ],
     plan=plan,
     validate=validate,
