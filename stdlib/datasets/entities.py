@@ -98,8 +98,8 @@ def generate(tokenizer: Any, n: int = 200, seed: int = 0, prop: str = "kind", pr
     "entities",
     version=1,
     params=[
-        Param("n", int, 200, doc="sentences"),
-        Param("seed", int, 0, doc="sampling seed"),
+        Param("n", int, 200, minimum=1, ceiling=100_000, doc="sentences"),
+        Param("seed", int, 0, minimum=0, doc="sampling seed"),
         Param("property", str, "kind", choices=PROPERTIES, doc="kind (other/name/place), name, or place"),
         Param("prepend_bos", bool, None, doc="force a leading BOS on or off (default: the tokenizer's convention)"),
     ],

@@ -143,11 +143,11 @@ def generate(tokenizer: Any, n: int | None = None, seed: int = 0, split: str = "
     "sentiment",
     version=1,
     params=[
-        Param("n", int, None, doc="rows (default: every sentence of the split once)"),
-        Param("seed", int, 0, doc="order and contrast adjectives"),
+        Param("n", int, None, minimum=1, ceiling=100_000, doc="rows (default: every sentence of the split once)"),
+        Param("seed", int, 0, minimum=0, doc="order and contrast adjectives"),
         Param("split", str, None, choices=SPLITS,
               doc="heldout | train | all (default: heldout for zoo models, all otherwise)"),
-        Param("form", int, None, doc="one sentence form (0-2); default all three"),
+        Param("form", int, None, minimum=0, maximum=2, doc="one sentence form (0-2); default all three"),
         Param("read", str, "end", choices=READS, doc="where a probe reads the label: the last token or the adjective"),
         Param("polarity", str, "both", choices=POLARITIES,
               doc="both, or only positive (negative) sentences, each paired with its opposite: contrast pairs "

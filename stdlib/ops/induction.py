@@ -77,7 +77,7 @@ def scan(adapter: Any, prompts: Prompts, layers: list[int], max_rows: int, losse
         Param("layers", spec.LAYERS, "all", doc="layers whose heads are scored"),
         Param("model", spec.MODEL),
         Param("dataset", spec.DATASET, doc="prompts: repeated random tokens (`induction(...)`) or any text"),
-        Param("threshold", float, 0.5, doc="prefix matching above which a head is listed as an induction head"),
+        Param("threshold", float, 0.5, minimum=0.0, maximum=1.0, doc="prefix matching above which a head is listed as an induction head"),
     ],
     output="table",
     uses_model=True,

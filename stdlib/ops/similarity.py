@@ -76,7 +76,7 @@ def _acts(art: Artifact | None, model: Artifact, dataset: Artifact, kind: str, c
         Param("dataset", spec.DATASET),
         Param("method", str, "cka", choices=S.METHODS, doc="cka (linear), rbf_cka or rsa"),
         Param("other", spec.MODEL, None, doc="a second model (columns: its layers); default the same model"),
-        Param("sigma", float, 0.8, doc="rbf_cka: kernel width as a fraction of the median distance"),
+        Param("sigma", float, 0.8, above=0.0, doc="rbf_cka: kernel width as a fraction of the median distance"),
     ],
     output="table",
     uses_model=True,

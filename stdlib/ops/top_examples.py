@@ -78,13 +78,13 @@ def unit_batches(adapter: Any, prompts: Prompts, sites: list[Site], read: Callab
 
 # What to collect per unit; shared with `examples direction v ...` (stdlib/ops/direction_examples.py).
 SETTINGS = (
-    Param("top", int, 20, doc="top-activating examples per unit"),
-    Param("before", int, 8, doc="tokens shown before an example's token"),
-    Param("after", int, 4, doc="tokens shown after it"),
-    Param("bands", int, 5, doc="equal intervals of (0, max] sampled from"),
-    Param("per_band", int, 3, doc="examples drawn from each interval"),
-    Param("bins", int, 32, doc="histogram bins between the min and the max"),
-    Param("seed", int, 0, doc="seed of the interval samples"),
+    Param("top", int, 20, minimum=1, ceiling=10_000, doc="top-activating examples per unit"),
+    Param("before", int, 8, minimum=0, ceiling=1_000, doc="tokens shown before an example's token"),
+    Param("after", int, 4, minimum=0, ceiling=1_000, doc="tokens shown after it"),
+    Param("bands", int, 5, minimum=1, ceiling=1_000, doc="equal intervals of (0, max] sampled from"),
+    Param("per_band", int, 3, minimum=1, ceiling=1_000, doc="examples drawn from each interval"),
+    Param("bins", int, 32, minimum=1, ceiling=100_000, doc="histogram bins between the min and the max"),
+    Param("seed", int, 0, minimum=0, doc="seed of the interval samples"),
 )
 
 
@@ -95,7 +95,7 @@ SETTINGS = (
     components=COMPONENTS,
     params=[
         Param("component", str, "neurons", choices=COMPONENTS, doc="neurons: the MLP's hidden units (mlp_post)"),
-        Param("component_index", list, None, doc="which neurons (`neurons 0..9`); default all"),
+        Param("component_index", list, None, minimum=0, nonempty=True, doc="which neurons (`neurons 0..9`); default all"),
         Param("layers", spec.LAYERS, spec.REQUIRED, doc="the layers whose neurons are read"),
         Param("model", spec.MODEL),
         Param("corpus", spec.CORPUS, doc="the text the neurons are read over (`over NAME`)"),
