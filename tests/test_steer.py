@@ -146,6 +146,18 @@ def test_steering_mini_toward_positive_flips_held_out_negative_sentences():
     assert (ft["answer_unsteered"] == 1.0).all() and (ft["other_steered"] > ft["other_unsteered"]).all()
 
 
+def test_steering_an_encoder_is_refused_at_check_time(tmp_path, stdlib_loaded):
+    from mechstudy.lang import StudyErrors, check
+    from tiny_models import build
+
+    enc = build("bert", tmp_path / "bert")
+    head = f'model e = hf "{enc}"\ndataset d = ioi(n=4)\nv = contrast resid_pre in layer 1 of e on d\n'
+    check(head, "s.study")  # a vector can be found in an encoder
+    with pytest.raises(StudyErrors) as e:
+        check(head + "steer v of e on d\n", "s.study")
+    assert "s.study:4:" in e.value.render() and "causal" in e.value.render()
+
+
 def test_steer_statement_checks(stdlib_loaded):
     from mechstudy.lang import StudyErrors, check
 

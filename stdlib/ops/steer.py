@@ -67,6 +67,7 @@ def answer_logits(adapter: Any, prompts: Prompts, edit_list: list[Edit], max_row
     output="table",
     uses_model=True,
     default_chart="bar",
+    model_features=frozenset({"causal", "lm_head"}),
     example='model m = zoo "mini"\ndataset neg = sentiment(polarity=negative, n=8)\n'
             'w = actadd resid_pre in layer 1 of m positive " wonderful" negative " terrible"\n'
             "steer w of m on neg scale 4 generate 8",
