@@ -36,8 +36,11 @@ browser:
 demo: setup
 	$(STUDY) run studies/quickstart.study
 
+# One pytest worker per core (CI has 2): tests pin torch to one thread each, so two workers use
+# both cores; --dist loadfile keeps a file's module fixtures (tiny models) in one worker.
+TEST_WORKERS ?= auto
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 zoo: setup
 	$(PY) -m mechstudy.stdlib.zoo.build all
