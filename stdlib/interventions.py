@@ -46,14 +46,30 @@ def plan_captures(b: Any, params: Mapping[str, Any], needs: Mapping[str, tuple[s
             for name, (kind, which) in needs.items()}
 
 
+def plan_baseline(b: Any, params: Mapping[str, Any]) -> Any:
+    """The shared `baseline` node of a statement: the metric on the clean and corrupted prompts of
+    its model and dataset (one node per model, dataset and metric, whatever reads it)."""
+    return b.node("baseline", {"model": params["model"], "dataset": params["dataset"],
+                               "metric": params.get("metric") or "logit_diff"})
+
+
 def plan_sweep(op: str, params: Mapping[str, Any], b: Any, needs: Mapping[str, tuple[str, str]]) -> Any:
-    """The plan of a sweep statement (patch, ablate, attribute ...): its captures, then its node,
-    keyed with its positions spelled out (the component's default when none were given, so
+    """The plan of a sweep statement (patch, ablate ...): its captures and its baseline, then its
+    node, keyed with its positions spelled out (the component's default when none were given, so
     `patch heads` and `patch heads at all positions` are one node)."""
-    keyed = {**params, **plan_captures(b, params, needs)}
+    keyed = {**params, **plan_captures(b, params, needs), "baseline": plan_baseline(b, params)}
     if "component" in params:
         keyed["positions"] = default_positions(params["component"], params.get("positions"))
     return b.node(op, keyed)
+
+
+def resume_capture(params: Mapping[str, Any], base: str) -> dict[str, tuple[str, str]]:
+    """The capture a sweep resumes its variants from (`sweep`'s `resume`): the base run's
+    resid_pre at every layer, unless every variant is at layer 0 (nothing to skip)."""
+    layers = params.get("layers", "all")
+    if layers not in (None, "all") and max(int(l) for l in layers) == 0:
+        return {}
+    return {"resume": ("resid_pre", base)}
 
 
 def read_or_capture(inputs: Mapping[str, Artifact], name: str, adapter: Adapter, dataset: Artifact, kind: str,
@@ -161,9 +177,32 @@ def source_values(word: str, acts: dict[int, torch.Tensor], values: dict[int, to
 # ---- the sweep -------------------------------------------------------------------------------
 
 
+def row_chunks(g: Grid, lengths: torch.Tensor, max_rows: int, by_layer: bool) -> list[tuple[int | None, torch.Tensor]]:
+    """The (variant, prompt) rows of a sweep (row r = variant r // N, prompt r % N) in forward-sized
+    chunks: [(layer or None, row ids)]. Rows are ordered by prompt length inside each chunk
+    group, so a chunk trimmed to its longest prompt carries little padding; with `by_layer` a chunk
+    holds one layer's variants only (so it can resume there, see `sweep`).
+
+    >>> g = grid("heads", "all", "all", n_layers=2, unit_ids=[0, 1], width=4)
+    >>> [(l, r.tolist()) for l, r in row_chunks(g, torch.tensor([3, 2]), 3, by_layer=True)]
+    [(0, [1, 3, 0]), (0, [2]), (1, [5, 7, 4]), (1, [6])]
+    """
+    n = int(lengths.shape[0])
+    rows = torch.arange(len(g) * n)
+    length = lengths[rows % n]
+    groups = [(int(l), rows[g.layer[rows // n] == l]) for l in torch.unique(g.layer).tolist()] if by_layer \
+        else [(None, rows)]
+    out = []
+    for layer, members in groups:
+        members = members[torch.argsort(length[members], stable=True)]
+        out.extend((layer, members[i:i + max(1, int(max_rows))]) for i in range(0, len(members), max(1, int(max_rows))))
+    return out
+
+
 def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Tensor], g: Grid, metric: str,
           base: str, clean_logits: torch.Tensor, max_rows: int = 32,
-          progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+          progress: Callable[[int, int], None] | None = None,
+          resume: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Metric of every (variant, prompt) row, float64 [V, N].
 
     Args:
@@ -173,8 +212,12 @@ def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Ten
         g: the variants; `unit` picks a unit of the kind's unit axis (head, key/value head or
             neuron), -1 everything.
         base: "clean" or "corrupted": the prompts every row runs.
-        clean_logits: [N, V] clean answer logits (kl).
+        clean_logits: [N, V] clean answer logits (kl; None for a metric that does not read them).
         progress: called with (rows done, rows) after each chunk.
+        resume: layer -> [N, S, d_model] the base run's resid_pre (zero-padded captures are
+            fine): a variant patched at layer L then runs blocks L .. n-1 only, from the base
+            run's residual at L (blocks before L are the base run's, unchanged by any edit at or
+            after L). None runs every block.
     """
     dev = adapter.device
     n, v = pairs.n, len(g)
@@ -185,8 +228,16 @@ def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Ten
     unit_ids = torch.arange(n_units, device=dev)
     neuron = spec.unit == "neuron"  # the unit is the last axis: no trailing axis to broadcast over
     source = {l: source[l].to(dev) for l in torch.unique(var_layer).tolist()}  # once, not per chunk
+    by_layer = resume is not None and adapter.can_resume
+    if by_layer:
+        resume = {l: resume[l].to(dev) for l in torch.unique(var_layer).tolist()}
     out = torch.empty(v * n, dtype=torch.float64)
-    for rows in chunks(v * n, max_rows):
+    # Logits only at the answer positions, unembedded many rows at a time, when the model's logits
+    # are its unembedding of the final norm's output (every causal table with a final norm).
+    unembed = _Unembed(adapter, pairs, metric, clean_logits, out, unembed_rows(adapter)) \
+        if "ln_final" in adapter.table.points and adapter.model.get_output_embeddings() is not None else None
+    done = 0
+    for start, rows in row_chunks(g, pairs.answer_pos, max_rows, by_layer):
         rows = rows.to(dev)
         vi, p = rows // n, rows % n
         width = int(apos_all[p].max()) + 1  # trim the chunk to its longest prompt
@@ -201,21 +252,83 @@ def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Ten
                 m = m[:, :, None] & ((vu == -1) | (unit_ids[None] == vu))[:, None, :]  # [B, S, U]
             value = source[layer][p, :width]
             edits.append(Edit(Site(layer, kind), value, mask=m if neuron else m[..., None]))
-        logits = adapter.forward(ids_all[p, :width], mask_all[p, :width], edits=edits, logits_at=apos).logits
-        out[rows.cpu()] = metrics.compute(metric, logits, pairs.data, p, clean_logits[p]).cpu()
+        at = None if start is None else (start, resume[start][p, :width])
+        if unembed is None:
+            logits = adapter.forward(ids_all[p, :width], mask_all[p, :width], edits=edits, logits_at=apos,
+                                     resume=at, only_at=apos).logits
+            out[rows.cpu()] = metrics.compute(metric, logits, pairs.data, p, at_rows(clean_logits, p)).cpu()
+        else:
+            h = adapter.forward(ids_all[p, :width], mask_all[p, :width], edits=edits, capture=[FINAL], logits=False,
+                                resume=at, only_at=apos).acts[FINAL]
+            unembed.add(rows, h[torch.arange(len(rows), device=dev), apos])
+        done += len(rows)
         if progress is not None:
-            progress(int(rows[-1]) + 1, v * n)
+            progress(done, v * n)
+    if unembed is not None:
+        unembed.flush()
     return out.view(v, n)
+
+
+FINAL = Site(None, "ln_final")
+
+
+def at_rows(clean_logits: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor | None:
+    """The clean logits of prompts `p` (on p's device), or None when there are none."""
+    return None if clean_logits is None else clean_logits.to(p.device)[p]
+
+
+class _Unembed:
+    """Answer-position logits of many rows at once: forwards stop at the final norm, and its
+    outputs go through the model's own unembedding `rows` at a time (a [32, d] x [d, vocab]
+    product reads the whole unembedding for little arithmetic; hundreds of rows share one read)."""
+
+    def __init__(self, adapter: Adapter, pairs: Pairs, metric: str, clean_logits: torch.Tensor, out: torch.Tensor,
+                 rows: int) -> None:
+        self.adapter, self.pairs, self.metric, self.clean, self.out, self.rows = adapter, pairs, metric, clean_logits, out, rows
+        self.ids: list[torch.Tensor] = []
+        self.states: list[torch.Tensor] = []
+        self.held = 0
+
+    def add(self, rows: torch.Tensor, states: torch.Tensor) -> None:
+        self.ids.append(rows)
+        self.states.append(states)
+        self.held += len(rows)
+        if self.held >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids:
+            return
+        rows, states = torch.cat(self.ids), torch.cat(self.states)
+        self.ids, self.states, self.held = [], [], 0
+        p = rows % self.pairs.n
+        logits = self.adapter.unembed(states, normed=True)
+        self.out[rows.cpu()] = metrics.compute(self.metric, logits, self.pairs.data, p, at_rows(self.clean, p)).cpu()
+
+
+def unembed_rows(adapter: Adapter) -> int:
+    """How many rows' final states one unembedding product takes (CPU: enough to make it
+    compute-bound; a GPU: more, memory allowing)."""
+    return 1024 if adapter.device.type == "cuda" else 256
 
 
 def baselines(adapter: Adapter, pairs: Pairs, metric: str, max_rows: int) -> tuple[torch.Tensor, ...]:
     """(clean logits [N, V], metric on clean [N], metric on corrupted [N]) on the CPU."""
-    from mechstudy.stdlib.ops.evaluate import baselines as logits_of
+    from mechstudy.stdlib.ops.baseline import baselines as compute
 
-    clean_logits, corrupted_logits = logits_of(adapter, pairs, max_rows)
-    m_clean = metrics.compute(metric, clean_logits, pairs.data, None, clean_logits).cpu()
-    m_corr = metrics.compute(metric, corrupted_logits, pairs.data, None, clean_logits).cpu()
-    return clean_logits, m_clean, m_corr
+    return compute(adapter, pairs, metric, max_rows)
+
+
+def read_baselines(inputs: Mapping[str, Artifact], adapter: Adapter, pairs: Pairs, metric: str,
+                   max_rows: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(clean logits [N, V] or None when the metric does not read them, metric on clean [N], on
+    corrupted [N]): from the shared `baseline` input when the plan provided it, else computed now."""
+    art = inputs.get("baseline")
+    if art is None:
+        return baselines(adapter, pairs, metric, max_rows)
+    t = art.tensors
+    clean_logits = torch.as_tensor(t["clean_logits"]) if "clean_logits" in t else None
+    return clean_logits, torch.as_tensor(t["clean"]).double(), torch.as_tensor(t["corrupted"]).double()
 
 
 # ---- the result --------------------------------------------------------------------------

@@ -88,11 +88,16 @@ def test_tables_are_registered_by_model_type():
 
 def test_no_hooks_means_native_logits(adapter):
     ids, mask = _batch(0)
-    plain = _plain(adapter.model, ids, mask).logits
-    assert torch.equal(adapter.forward(ids, mask).logits, plain)
+    plain = _plain(adapter.model, ids, mask).logits  # the model rests in eager attention
+    with adapter.attention(adapter.kernel):  # what a forward that touches no pattern runs (fused)
+        fused = _plain(adapter.model, ids, mask).logits
+    assert torch.equal(adapter.forward(ids, mask).logits, fused)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=0)
     every = [Site(l, k) for l in range(L) for k in KINDS]
-    out = adapter.forward(ids, mask, capture=every)
+    out = adapter.forward(ids, mask, capture=every)  # patterns: eager attention
     assert torch.equal(out.logits, plain)  # reading never writes
+    out = adapter.forward(ids, mask, capture=[s for s in every if s.kind != "pattern"])
+    assert torch.equal(out.logits, fused)
     for m in adapter.model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
 
@@ -147,7 +152,7 @@ def test_every_site_has_its_shape_and_meaning(adapter):
     assert torch.equal(acts[Site(0, "resid_post")], acts[Site(1, "resid_pre")])
     assert torch.equal(acts[Site(1, "z", head=3)], acts[Site(1, "z")][:, :, 3])
     assert torch.equal(acts[Site(0, "pattern", head=2)], acts[Site(0, "pattern")][:, 2])
-    early = a.capture(ids, mask, [Site(0, "resid_mid"), Site(0, "z")])
+    early = a.capture(ids, mask, [Site(0, "resid_mid"), Site(0, "z"), Site(0, "pattern")])  # eager, as `acts`
     assert torch.equal(early[Site(0, "resid_mid")], acts[Site(0, "resid_mid")])
     assert torch.equal(early[Site(0, "z")], acts[Site(0, "z")])
 

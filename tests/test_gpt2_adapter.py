@@ -23,12 +23,18 @@ def batch(tiny_adapter):
 def test_no_hooks_means_native_logits(tiny_adapter, batch):
     ids, mask, _ = batch
     model = tiny_adapter.model
-    with torch.no_grad():
+    # The adapter runs HF's fused attention unless a pattern is read or written, eager otherwise.
+    with torch.no_grad(), tiny_adapter.attention(tiny_adapter.kernel):
         plain = model(input_ids=ids, attention_mask=mask).logits
+    with torch.no_grad(), tiny_adapter.attention("eager"):
+        plain_eager = model(input_ids=ids, attention_mask=mask).logits
     assert torch.equal(tiny_adapter.forward(ids, mask).logits, plain)
+    torch.testing.assert_close(plain, plain_eager, atol=1e-5, rtol=0)  # the two kernels agree
     # Capturing every site reads, never writes: still bit-identical, and the hooks are gone after.
-    out = tiny_adapter.forward(ids, mask, capture=[Site(l, k) for l in range(2) for k in KINDS])
+    out = tiny_adapter.forward(ids, mask, capture=[Site(l, k) for l in range(2) for k in KINDS if k != "pattern"])
     assert torch.equal(out.logits, plain)
+    out = tiny_adapter.forward(ids, mask, capture=[Site(l, k) for l in range(2) for k in KINDS])  # eager
+    assert torch.equal(out.logits, plain_eager)
     for m in model.modules():
         # transformers installs its own output-recording hooks once any caller asks it for
         # attentions or hidden states; only hooks of ours must be gone.
@@ -63,7 +69,8 @@ def test_every_site_has_its_shape_and_meaning(tiny_adapter, batch):
     assert torch.equal(acts[Site(1, "z", head=2)], acts[Site(1, "z")][:, :, 2])
     assert torch.equal(acts[Site(0, "pattern", head=1)], acts[Site(0, "pattern")][:, 1])
     # Early stop: capturing layer 0 alone gives the same numbers without running the rest.
-    early = a.capture(ids, mask, [Site(0, "z")])
+    # (With the pattern read too, so both runs use eager attention.)
+    early = a.capture(ids, mask, [Site(0, "z"), Site(0, "pattern")])
     assert torch.equal(early[Site(0, "z")], acts[Site(0, "z")])
 
 
@@ -122,7 +129,7 @@ def test_edit_matches_a_hand_written_hook(tiny_adapter, batch):
 
     h = a.model.transformer.h[0].mlp.register_forward_hook(hook)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), a.attention(a.kernel):
             ref = a.model(input_ids=ids, attention_mask=mask).logits
     finally:
         h.remove()

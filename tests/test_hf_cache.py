@@ -18,7 +18,7 @@ def test_hub_id_resolves_from_local_cache_and_runs(tmp_path, tiny_gpt2_dir, monk
     plan = check_and_plan(study)
     assert plan.models["m"].param("ref") == "acme/tiny-ioi"
     res = run_study(study, cache=tmp_path / "cache", report=False)
-    assert res.computed == 3
+    assert res.computed == 4  # model, dataset, baseline, evaluate
     # the same weights under a directory path give the same model fingerprint (content, not path)
     study2 = tmp_path / "s2.study"
     study2.write_text(f'model m = hf "{tiny_gpt2_dir}"\ndataset ioi = ioi(n=6)\nb = evaluate m on ioi with logit_diff\n')

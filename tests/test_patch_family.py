@@ -119,8 +119,13 @@ def test_plan_captures_and_keys():
     heads = plan({**base, "component": "heads"}, b)
     before = make_node("patch", {"component": "heads", "direction": "denoising", "layers": "all",
                                  "metric": "logit_diff", "positions": "all"},
-                       {"model": base["model"], "dataset": base["dataset"], "source": heads.input("source")})
+                       {"model": base["model"], "dataset": base["dataset"], "source": heads.input("source"),
+                        "resume": heads.input("resume"), "baseline": heads.input("baseline")})
     assert heads.key == before.key and dict(heads.params)["component_index"] is None
+    # resumed from the base run's residual stream; normalised by the shared baseline node
+    assert (heads.input("resume").param("site"), heads.input("resume").param("which")) == ("resid_pre", "corrupted")
+    assert heads.input("baseline").op == "baseline" and heads.input("baseline") is plan({**base, "component": "mlp"}, b).input("baseline")
+    assert "resume" not in dict(plan({**base, "component": "heads", "layers": (0,)}, b).inputs)  # nothing to skip
 
 
 def test_statements_reach_the_right_operator(stdlib_loaded, tmp_path, tiny_gpt2_dir):

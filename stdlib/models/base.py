@@ -17,6 +17,7 @@ Example (see tests/test_gpt2_adapter.py for runnable ones)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -24,7 +25,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -135,6 +136,37 @@ class Adapter:
         fwd = inspect.signature(type(model).forward).parameters
         self._native_keep = "logits_to_keep" in fwd
         self._takes_positions = "position_ids" in fwd
+        self._blocks = _blocks_path(model, table, self.n_layers, config)
+        self.fused = _supports_fused(model)
+
+    @property
+    def kernel(self) -> str:
+        """The attention a forward that touches no pattern runs: "sdpa" (fused) or "eager"."""
+        return "sdpa" if self.fused else "eager"
+
+    @contextlib.contextmanager
+    def attention(self, impl: str) -> Iterator[None]:
+        """Inside: the model's attention runs as `impl` ("eager" or "sdpa"), then as before.
+
+        The model rests in eager mode (a plain HF call can return attention probabilities);
+        `forward` runs the fused kernel ("sdpa") unless it reads or writes a pattern, which only
+        eager attention materialises. Both compute softmax(q k^T / sqrt(d) + mask) v; they agree
+        to float rounding (tests/test_speed_paths.py)."""
+        cfg = self.model.config
+        old = cfg._attn_implementation
+        if impl == old:
+            yield
+            return
+        cfg._attn_implementation = impl
+        try:
+            yield
+        finally:
+            cfg._attn_implementation = old
+
+    @property
+    def can_resume(self) -> bool:
+        """Whether `forward(resume=...)` can start a run at a block's input (see `forward`)."""
+        return self._blocks is not None
 
     @property
     def device(self) -> torch.device:
@@ -188,6 +220,8 @@ class Adapter:
         logits_at: torch.Tensor | None = None,
         logits: bool = True,
         grad: bool = False,
+        resume: tuple[int, torch.Tensor] | None = None,
+        only_at: torch.Tensor | None = None,
     ) -> Output:
         """Run a batch, applying `edits` and capturing `capture`.
 
@@ -202,8 +236,27 @@ class Adapter:
                 positions go through the unembedding.
             logits: False stops the forward as soon as every captured site is read.
             grad: keep the autograd graph (for gradient-based methods).
+            resume: (layer L, resid_pre [B, S, d_model]): a shortcut, not an intervention: the
+                residual stream these very inputs have at block L's input (e.g. captured from
+                an unedited run), so blocks 0 .. L-1, which a run whose every capture and edit
+                lies at layer >= L computes unchanged, are skipped. The native blocks L .. n-1
+                run as they are; below L only the embeddings are computed (and discarded).
+                Sites at layers below L are refused. On a model whose block list cannot be
+                entered part-way (`can_resume` False) the full run is made instead.
+            only_at: [B] the one position per row that is read after the last block's attention
+                (a metric's answer position): the last block's attention output projection and
+                MLP then run at that position only (`_answer_tail`); their outputs elsewhere, and
+                everything after them there (resid_post of the last layer, the final norm), are
+                left unspecified. The caller reads logits or ln_final at `only_at` only; captures
+                of other sites downstream of those modules in the last layer are refused.
         """
         capture, edits = list(capture), list(edits)
+        if resume is not None:
+            start = int(resume[0])
+            low = [s for s in [*capture, *(e.site for e in edits)] if s.layer is not None and s.layer < start]
+            if low:
+                raise ValueError(f"{low[0]} lies before the resumed layer {start}")
+
         mids = [s for s in capture if s.kind == "resid_mid"] if self.parallel else []
         if mids:
             # Parallel blocks: no module holds resid_mid (see archs/neox.py); read it as the sum of
@@ -212,13 +265,15 @@ class Adapter:
             inner = [s for s in capture if s.kind != "resid_mid"]
             extra = [p for pair in parts.values() for p in pair if p not in inner]
             out = self.forward(input_ids, attention_mask, capture=inner + extra, edits=edits, logits_at=logits_at,
-                               logits=logits, grad=grad)
+                               logits=logits, grad=grad, resume=resume, only_at=only_at)
             for s, (pre, attn) in parts.items():
                 out.acts[s] = out.acts[attn] + out.acts[pre]  # HF's sequential order: attn + hidden
             for p in extra:
                 out.acts.pop(p, None)
             return out
         tasks = self._tasks(capture, edits)
+        eager = any(t.point.eager_only for group in tasks.values() for t in group)
+        impl = "eager" if eager else self.kernel
         acts: dict[Site, torch.Tensor] = {}
         scratch: dict[Site, torch.Tensor] = {}
         wanted = sum(len(t.capture) for group in tasks.values() for t in group)
@@ -240,8 +295,11 @@ class Adapter:
             handles = [self._register(path, on, group, acts, scratch, state, stop=not logits)
                        for (path, on), group in tasks.items()]
             try:
-                # An encoder without a head (a bare BertModel) has no logits: None, not an error.
-                out = getattr(self.model(**kw), "logits", None)
+                if only_at is not None:
+                    self._answer_tail(torch.as_tensor(only_at, dtype=torch.long).to(dev), tasks, handles)
+                with self.attention(impl), self._resumed(resume, handles):
+                    # An encoder without a head (a bare BertModel) has no logits: None, not an error.
+                    out = getattr(self.model(**kw), "logits", None)
             except _Stop:
                 out = None
             finally:
@@ -252,7 +310,8 @@ class Adapter:
                 # A transformers version without per-row logits_to_keep: use full logits from now on.
                 self._native_keep = False
                 return self.forward(input_ids, attention_mask, capture=capture, edits=edits,
-                                    logits_at=logits_at, logits=logits, grad=grad)
+                                    logits_at=logits_at, logits=logits, grad=grad, resume=resume,
+                                    only_at=only_at)
             if "logits_to_keep" not in kw:
                 out = torch.take_along_dim(out, idx[..., None], dim=1)
             if at.ndim == 1:
@@ -267,6 +326,77 @@ class Adapter:
         return self.forward(input_ids, attention_mask, edits=edits, logits_at=at).logits
 
     # ---- hook plumbing -------------------------------------------------------------------
+    def _answer_tail(self, at: torch.Tensor, tasks: Mapping[tuple[str, str], list[_Task]], handles: list) -> None:
+        """Run the last block's attention output projection (z's module) and MLP (mlp_out's) at
+        one position per row: a pre-hook gathers [B, S, D] -> [B, 1, D] after every edit there,
+        and a forward hook scatters the result back (zeros elsewhere) before any edit at the
+        output. Causal attention means every other position of the last block's output is read
+        by nothing but the final norm and the unembedding, which are read at `at` only. A module
+        with one of our hooks inside it (an edit or capture of mlp_post in the last layer) is
+        left whole."""
+        last = self.n_layers - 1
+        downstream = {"attn_out", "resid_mid", "mlp_post", "mlp_out", "resid_post"}
+        for group in tasks.values():
+            for t in group:
+                if t.capture and t.site.layer == last and t.site.kind in downstream:
+                    raise ValueError(f"{t.site} is not computed at every position with only_at")
+        paths = [path for path, _ in tasks]
+        rows = torch.arange(at.shape[0], device=at.device)
+        for kind, on in (("z", "input"), ("mlp_out", "output")):
+            point = self.table.points.get(kind)
+            if point is None or point.on != on:
+                continue
+            path = point.module.format(layer=last)
+            if any(p.startswith(path + ".") for p in paths):
+                continue
+            mod = self.model.get_submodule(path)
+            width: dict[str, int] = {}
+
+            def gather(module, args, kwargs, width=width):
+                x = args[0] if args else kwargs["hidden_states"]
+                width["s"] = x.shape[1]
+                x = x[rows, at][:, None]
+                return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+            def scatter(module, args, out, width=width):
+                tup = isinstance(out, tuple)
+                y = out[0] if tup else out
+                full = y.new_zeros(y.shape[0], width["s"], *y.shape[2:])
+                full[rows, at] = y[:, 0]
+                return (full, *out[1:]) if tup else full
+
+            handles.append(mod.register_forward_pre_hook(gather, with_kwargs=True))
+            handles.append(mod.register_forward_hook(scatter, prepend=True))
+
+    @contextlib.contextmanager
+    def _resumed(self, resume: tuple[int, torch.Tensor] | None, handles: list) -> Iterator[None]:
+        """Inside: the model's block list starts at block L, whose input is the given residual.
+
+        Hooks are registered on the blocks themselves (by path, before this), so they stay where
+        they are; the start hook is prepended, so edits at L's input see the resumed residual."""
+        if resume is None or self._blocks is None:
+            yield
+            return
+        start, resid = int(resume[0]), resume[1]
+        parent_path, name = self._blocks.rsplit(".", 1)
+        parent = self.model.get_submodule(parent_path)
+        full = getattr(parent, name)
+        resid = resid.to(self.device, self.dtype)
+
+        def enter(module, args, kwargs):
+            if args:
+                if args[0].shape != resid.shape:
+                    raise ValueError(f"resumed residual {tuple(resid.shape)} != block input {tuple(args[0].shape)}")
+                return (resid, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": resid}
+
+        handles.append(full[start].register_forward_pre_hook(enter, with_kwargs=True, prepend=True))
+        setattr(parent, name, torch.nn.ModuleList(list(full)[start:]))
+        try:
+            yield
+        finally:
+            setattr(parent, name, full)
+
     def _tasks(self, capture: list[Site], edits: list[Edit]) -> dict[tuple[str, str], list[_Task]]:
         by_site: dict[Site, _Task] = {}
 
@@ -279,9 +409,6 @@ class Adapter:
             return by_site[whole]
 
         for s in capture:
-            pt = task(s).point
-            if pt.eager_only and self._attn_impl() != "eager":
-                raise ValueError(f"{s} needs attn_implementation='eager'")
             task(s).capture.append(s)
         for e in edits:
             pt = self.point(e.site.kind)
@@ -300,9 +427,6 @@ class Adapter:
         for t in by_site.values():
             groups[(t.point.module.format(layer=t.site.layer), t.point.on)].append(t)
         return dict(groups)
-
-    def _attn_impl(self) -> str:
-        return getattr(self.model.config, "_attn_implementation", "eager") or "eager"
 
     def _register(self, path, on, group, acts, scratch, state, stop):
         mod = self.model.get_submodule(path)
@@ -381,6 +505,42 @@ class Adapter:
             return tuple(items) if tup else items[0]
 
         return mod.register_forward_hook(hook)
+
+
+def _blocks_path(model: Any, table: ArchTable, n_layers: int, config: Mapping[str, Any]) -> str | None:
+    """The dotted path of the model's list of blocks, when a run may enter it part-way: every
+    table reads resid_pre on a block's input, so its module path names the list; the list must
+    hold exactly the model's layers, and every layer must be of one kind (a model that looks up a
+    per-layer attention type by the loop index would misread a shortened list)."""
+    point = table.points.get("resid_pre")
+    if point is None or point.on != "input" or not point.module.endswith(".{layer}"):
+        return None
+    path = point.module[: -len(".{layer}")]
+    try:
+        blocks = model.get_submodule(path)
+    except AttributeError:
+        return None
+    if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) != n_layers:
+        return None
+    kinds = config.get("layer_types")
+    if kinds and len(set(kinds)) > 1:
+        return None
+    return path
+
+
+def _supports_fused(model: Any) -> bool:
+    """Whether the model can switch between eager attention and the fused kernel (sdpa) call by
+    call: its class supports sdpa through HF's attention interface, one config serves every
+    module, and no eager-only attention variant is configured."""
+    cfg = model.config
+    if not getattr(model, "_supports_sdpa", False) or getattr(cfg, "sub_configs", None):
+        return False
+    if getattr(cfg, "reorder_and_upcast_attn", False):  # GPT-2's upcast path exists in eager only
+        return False
+    try:
+        return bool(model._can_set_attn_implementation())
+    except AttributeError:
+        return False
 
 
 def is_layer_norm(norm: torch.nn.Module) -> bool:

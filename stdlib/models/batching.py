@@ -36,7 +36,8 @@ def answer_logits(adapter: Adapter, ids: torch.Tensor, mask: torch.Tensor | None
     out = []
     for rows in chunks(ids.shape[0], max_rows):
         i, m = trimmed(ids, mask, rows)
-        out.append(adapter.forward(i, m, logits_at=answer_pos[rows]).logits.float())
+        at = answer_pos[rows]
+        out.append(adapter.forward(i, m, logits_at=at, only_at=at).logits.float())
     return torch.cat(out)
 
 

@@ -75,13 +75,14 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
     """Input name -> (site kind, clean | corrupted) of the captures a statement reads."""
     kind = component(params["component"]).kind.name
     method = params["method"]
+    resume = iv.resume_capture(params, "clean")
     if method == "zero":
-        return {}
+        return resume
     which = "corrupted" if method == "resample" else params["mean_of"]
     out = {"source": (kind, which)}
     if kind == "pattern":  # z = pattern @ v with the clean run's own values
         out["values"] = ("v", "clean")
-    return out
+    return {**out, **resume}
 
 
 @spec.operator(
@@ -130,8 +131,9 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     positions = iv.default_positions(word, params["positions"])
     unit_ids = iv.units(word, adapter, params["component_index"])
     g = iv.grid(word, params["layers"], positions, adapter.n_layers, unit_ids, width)
-    clean_logits, m_clean, m_corr = iv.baselines(adapter, pairs, metric, ctx.max_rows)
-    per_prompt = iv.sweep(adapter, pairs, write, source, g, metric, "clean", clean_logits, ctx.max_rows)
+    clean_logits, m_clean, m_corr = iv.read_baselines(inputs, adapter, pairs, metric, ctx.max_rows)
+    per_prompt = iv.sweep(adapter, pairs, write, source, g, metric, "clean", clean_logits, ctx.max_rows,
+                          resume=caps.get("resume"))
     return iv.sweep_result(word, g, positions, per_prompt, m_clean, m_corr, "ablated",
                            {"component": word, "site": kind, "method": method, "metric": metric, "positions": positions},
                            extra={"change": lambda raw, clean: raw - clean}, headline={"ablation": method})

@@ -3,6 +3,10 @@
 Every prompt is read at its own answer position (its last real token), so mixed-length
 datasets need no care. The main table ("result") has one row per run (clean, corrupted) with the
 mean and standard deviation over prompts; "per_prompt" has every prompt's two values.
+
+The two runs are the shared `baseline` node (`interventions.plan_baseline`) that every sweep on the
+same model, dataset and metric normalises by, so they are computed once per study; this node
+only summarises them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
+from mechstudy.stdlib import interventions as iv
 from mechstudy.stdlib import metrics
 from mechstudy.stdlib.datasets import Pairs
 from mechstudy.stdlib.models.batching import answer_logits
@@ -45,15 +50,19 @@ def evaluate(adapter: Any, pairs: Pairs, metric: str, max_rows: int = 32) -> tup
         Param("metric", spec.METRIC, "logit_diff", doc="logit_diff, prob, kl, loss or prob_diff"),
     ],
     output="table",
-    uses_model=True,
+    plan=lambda params, b: b.node("evaluate", {**{k: v for k, v in params.items() if k != "model"},
+                                               "baseline": iv.plan_baseline(b, params)}),
     example="evaluate m on ioi with logit_diff",
 )
 def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """The metric's value on the clean and on the corrupted prompts (mean and per prompt)."""
-    adapter = ctx.model(inputs["model"])
     pairs = Pairs.of(inputs["dataset"])
     metric = params["metric"]
-    clean, corrupted = evaluate(adapter, pairs, metric, ctx.max_rows)
+    if "baseline" in inputs:  # planned: the shared baseline node (no model needed here)
+        base = inputs["baseline"].tensors
+        clean, corrupted = torch.as_tensor(base["clean"]).double(), torch.as_tensor(base["corrupted"]).double()
+    else:  # run directly with a model
+        clean, corrupted = evaluate(ctx.model(inputs["model"]), pairs, metric, ctx.max_rows)
     summary = pl.DataFrame({
         "run": ["clean", "corrupted"],
         "mean": [clean.mean().item(), corrupted.mean().item()],

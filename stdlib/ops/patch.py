@@ -52,7 +52,7 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
     out = {"source": (kind, which)}
     if kind == "pattern":  # z = pattern @ v needs the values of the run being patched
         out["values"] = ("v", base)
-    return out
+    return {**out, **iv.resume_capture(params, base)}
 
 
 @spec.operator(
@@ -93,8 +93,9 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     positions = iv.default_positions(word, params["positions"])
     unit_ids = iv.units(word, adapter, params["component_index"])
     g = iv.grid(word, params["layers"], positions, adapter.n_layers, unit_ids, int(pairs.clean_ids.shape[1]))
-    clean_logits, m_clean, m_corr = iv.baselines(adapter, pairs, metric, ctx.max_rows)
-    per_prompt = iv.sweep(adapter, pairs, iv.write_kind(word), source, g, metric, base, clean_logits, ctx.max_rows)
+    clean_logits, m_clean, m_corr = iv.read_baselines(inputs, adapter, pairs, metric, ctx.max_rows)
+    per_prompt = iv.sweep(adapter, pairs, iv.write_kind(word), source, g, metric, base, clean_logits, ctx.max_rows,
+                          resume=acts.get("resume"))
     return iv.sweep_result(word, g, positions, per_prompt, m_clean, m_corr, "patched",
                            {"component": word, "site": component(word).kind.name, "direction": direction,
                             "metric": metric, "positions": positions}, headline={"direction": direction})

@@ -145,7 +145,7 @@ def path_sweep(adapter: Adapter, pairs: Pairs, g: iv.Grid, send_kind: str, sourc
             at = _pos_mask(recv["positions"], apos, width)
             patched = [Edit(s, acts[s], mask=(at[:, :, None] & heads[None, None, :])[..., None]) for s, heads in r_sites]
             logits = adapter.forward(ids, mask, edits=patched, logits_at=apos).logits
-        out[rows.cpu()] = metrics.compute(metric, logits, pairs.data, p, clean_logits[p]).cpu()
+        out[rows.cpu()] = metrics.compute(metric, logits, pairs.data, p, iv.at_rows(clean_logits, p)).cpu()
     return out.view(v, n)
 
 
@@ -164,7 +164,7 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
 
 
 def _plan(params: dict, b: Any) -> Any:
-    keyed = {**params, **iv.plan_captures(b, params, captures(params))}
+    keyed = {**params, **iv.plan_captures(b, params, captures(params)), "baseline": iv.plan_baseline(b, params)}
     if receiver_of(params) is None:
         keyed["receiver"] = None  # `to logits` and no `to` at all are one computation, one node
     return b.node("path_patch", keyed)
@@ -215,7 +215,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
         if recv["index"] is not None:  # in range: query heads for `heads` and q, key/value heads for k, v
             iv.units(recv["component"], adapter, recv["index"])
     g = iv.grid(word, send["layers"], send["positions"], adapter.n_layers, unit_ids, int(pairs.clean_ids.shape[1]))
-    clean_logits, m_clean, m_corr = iv.baselines(adapter, pairs, metric, ctx.max_rows)
+    clean_logits, m_clean, m_corr = iv.read_baselines(inputs, adapter, pairs, metric, ctx.max_rows)
     per_prompt = path_sweep(adapter, pairs, g, component(word).kind.name, acts["source"], acts["base_z"],
                             acts.get("base_mlp"), recv, metric, base, clean_logits, ctx.max_rows)
     return iv.sweep_result(word, g, send["positions"], per_prompt, m_clean, m_corr, "patched",
