@@ -28,9 +28,10 @@ import torch
 from mechstudy.engine.spec import Artifact
 from mechstudy.stdlib import metrics
 from mechstudy.stdlib.datasets import Pairs
-from mechstudy.stdlib.models.base import Adapter, Edit
+from mechstudy.stdlib.models.base import REPLAY_KINDS, Adapter, Edit, Resume
 from mechstudy.stdlib.models.batching import capture_dataset, chunks
 from mechstudy.stdlib.models.sites import Site, component, default_positions, words  # noqa: F401 (re-exported)
+from mechstudy.stdlib.ops import baseline as _baseline, capture as _capture  # noqa: F401 (the nodes planned here)
 
 ALL, LAST = -1, -2  # position codes of a variant (>= 0: an absolute position)
 
@@ -63,13 +64,17 @@ def plan_sweep(op: str, params: Mapping[str, Any], b: Any, needs: Mapping[str, t
     return b.node(op, keyed)
 
 
-def resume_capture(params: Mapping[str, Any], base: str) -> dict[str, tuple[str, str]]:
-    """The capture a sweep resumes its variants from (`sweep`'s `resume`): the base run's
-    resid_pre at every layer, unless every variant is at layer 0 (nothing to skip)."""
+def resume_captures(params: Mapping[str, Any], base: str) -> dict[str, tuple[str, str]]:
+    """The captures a sweep resumes its variants from (`sweep`'s `resume` and `replay`): the base
+    run's resid_pre at every layer, and its z when the written kind lies after the attention's
+    z (REPLAY_KINDS: the patched layer's attention is then not recomputed either). Nothing when
+    no block can be skipped (every variant at layer 0 of a kind the attention computes)."""
+    kind = write_kind(params["component"])
+    replay = kind in REPLAY_KINDS
     layers = params.get("layers", "all")
-    if layers not in (None, "all") and max(int(l) for l in layers) == 0:
+    if not replay and layers not in (None, "all") and max(int(l) for l in layers) == 0:
         return {}
-    return {"resume": ("resid_pre", base)}
+    return {"resume": ("resid_pre", base), **({"replay": ("z", base)} if replay else {})}
 
 
 def read_or_capture(inputs: Mapping[str, Artifact], name: str, adapter: Adapter, dataset: Artifact, kind: str,
@@ -177,7 +182,8 @@ def source_values(word: str, acts: dict[int, torch.Tensor], values: dict[int, to
 # ---- the sweep -------------------------------------------------------------------------------
 
 
-def row_chunks(g: Grid, lengths: torch.Tensor, max_rows: int, by_layer: bool) -> list[tuple[int | None, torch.Tensor]]:
+def row_chunks(g: Grid, lengths: torch.Tensor, max_rows: int, by_layer: bool,
+               sort: bool = True) -> list[tuple[int | None, torch.Tensor]]:
     """The (variant, prompt) rows of a sweep (row r = variant r // N, prompt r % N) in forward-sized
     chunks: [(layer or None, row ids)]. Rows are ordered by prompt length inside each chunk
     group, so a chunk trimmed to its longest prompt carries little padding; with `by_layer` a chunk
@@ -194,15 +200,18 @@ def row_chunks(g: Grid, lengths: torch.Tensor, max_rows: int, by_layer: bool) ->
         else [(None, rows)]
     out = []
     for layer, members in groups:
-        members = members[torch.argsort(length[members], stable=True)]
+        if sort:
+            members = members[torch.argsort(length[members], stable=True)]
         out.extend((layer, members[i:i + max(1, int(max_rows))]) for i in range(0, len(members), max(1, int(max_rows))))
     return out
 
 
+@torch.no_grad()
 def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Tensor], g: Grid, metric: str,
           base: str, clean_logits: torch.Tensor, max_rows: int = 32,
           progress: Callable[[int, int], None] | None = None,
-          resume: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+          resume: Mapping[int, torch.Tensor] | None = None,
+          replay: Mapping[int, torch.Tensor] | None = None, plain: bool = False) -> torch.Tensor:
     """Metric of every (variant, prompt) row, float64 [V, N].
 
     Args:
@@ -218,6 +227,11 @@ def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Ten
             fine): a variant patched at layer L then runs blocks L .. n-1 only, from the base
             run's residual at L (blocks before L are the base run's, unchanged by any edit at or
             after L). None runs every block.
+        replay: layer -> [N, S, heads, d_head] the base run's z, with `resume`, for a kind in
+            REPLAY_KINDS: the patched layer's attention is then its output projection of z
+            (the base run's q, k, v and pattern are the patched run's there).
+        plain: none of the shortcuts (rows in order, every block, full answer logits per chunk):
+            the reference the shortcuts are tested and benchmarked against.
     """
     dev = adapter.device
     n, v = pairs.n, len(g)
@@ -228,16 +242,19 @@ def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Ten
     unit_ids = torch.arange(n_units, device=dev)
     neuron = spec.unit == "neuron"  # the unit is the last axis: no trailing axis to broadcast over
     source = {l: source[l].to(dev) for l in torch.unique(var_layer).tolist()}  # once, not per chunk
-    by_layer = resume is not None and adapter.can_resume
+    by_layer = resume is not None and adapter.can_resume and not plain
     if by_layer:
         resume = {l: resume[l].to(dev) for l in torch.unique(var_layer).tolist()}
+        replay = None if replay is None or kind not in REPLAY_KINDS or not adapter.can_replay else \
+            {l: replay[l].to(dev) for l in torch.unique(var_layer).tolist()}
     out = torch.empty(v * n, dtype=torch.float64)
     # Logits only at the answer positions, unembedded many rows at a time, when the model's logits
     # are its unembedding of the final norm's output (every causal table with a final norm).
     unembed = _Unembed(adapter, pairs, metric, clean_logits, out, unembed_rows(adapter)) \
-        if "ln_final" in adapter.table.points and adapter.model.get_output_embeddings() is not None else None
+        if "ln_final" in adapter.table.points and adapter.model.get_output_embeddings() is not None and not plain \
+        else None
     done = 0
-    for start, rows in row_chunks(g, pairs.answer_pos, max_rows, by_layer):
+    for start, rows in row_chunks(g, pairs.answer_pos, max_rows, by_layer, sort=not plain):
         rows = rows.to(dev)
         vi, p = rows // n, rows % n
         width = int(apos_all[p].max()) + 1  # trim the chunk to its longest prompt
@@ -252,10 +269,11 @@ def sweep(adapter: Adapter, pairs: Pairs, kind: str, source: dict[int, torch.Ten
                 m = m[:, :, None] & ((vu == -1) | (unit_ids[None] == vu))[:, None, :]  # [B, S, U]
             value = source[layer][p, :width]
             edits.append(Edit(Site(layer, kind), value, mask=m if neuron else m[..., None]))
-        at = None if start is None else (start, resume[start][p, :width])
+        at = None if start is None else \
+            Resume(start, resume[start][p, :width], None if replay is None else replay[start][p, :width])
         if unembed is None:
             logits = adapter.forward(ids_all[p, :width], mask_all[p, :width], edits=edits, logits_at=apos,
-                                     resume=at, only_at=apos).logits
+                                     resume=at, only_at=None if plain else apos).logits
             out[rows.cpu()] = metrics.compute(metric, logits, pairs.data, p, at_rows(clean_logits, p)).cpu()
         else:
             h = adapter.forward(ids_all[p, :width], mask_all[p, :width], edits=edits, capture=[FINAL], logits=False,
@@ -302,8 +320,14 @@ class _Unembed:
         rows, states = torch.cat(self.ids), torch.cat(self.states)
         self.ids, self.states, self.held = [], [], 0
         p = rows % self.pairs.n
-        logits = self.adapter.unembed(states, normed=True)
-        self.out[rows.cpu()] = metrics.compute(self.metric, logits, self.pairs.data, p, at_rows(self.clean, p)).cpu()
+        narrow = metrics.columns(self.metric, self.pairs.data, p) if self.adapter.can_unembed_columns else None
+        if narrow is not None:  # a metric that reads a few tokens' logits (logit_diff): only those columns
+            cols, data = narrow
+            values = metrics.compute(self.metric, self.adapter.unembed(states, normed=True, columns=cols), data)
+        else:
+            clean = at_rows(self.clean, p) if metrics.METRIC_FNS[self.metric].needs_clean else None
+            values = metrics.compute(self.metric, self.adapter.unembed(states, normed=True), self.pairs.data, p, clean)
+        self.out[rows.cpu()] = values.cpu()
 
 
 def unembed_rows(adapter: Adapter) -> int:

@@ -52,6 +52,7 @@ class Metric:
     per_prompt: tuple[str, ...] = ()
     shared: tuple[str, ...] = ()
     needs_clean: bool = False
+    picks: tuple[str, ...] = ()  # fn reads logits only at the token ids these per-prompt tensors hold
 
 
 def _pick(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,7 @@ def _prob_diff(x, d, ref):
 
 
 METRIC_FNS: dict[str, Metric] = {
-    "logit_diff": Metric(_logit_diff, ("io_id", "s_id")),
+    "logit_diff": Metric(_logit_diff, ("io_id", "s_id"), picks=("io_id", "s_id")),
     "prob": Metric(_prob, ("io_id",)),
     "kl": Metric(_kl, needs_clean=True),
     "loss": Metric(_loss, ("io_id",)),
@@ -138,6 +139,27 @@ def compute(
         ref = clean_logits.to(dev, torch.float64)
     # float64: the metric math is tiny next to a forward, and KL of nearby distributions cancels.
     return m.fn(logits.to(torch.float64), d, ref)
+
+
+def columns(name: str, data: Mapping[str, torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, dict] | None:
+    """For a metric that reads only some tokens' logits (`Metric.picks`, e.g. logit_diff): (the
+    vocabulary columns rows `rows` read [K], the data to pass `compute` with logits of just those
+    columns [B, K] and rows=None), so the rest of the vocabulary need not be unembedded. None
+    for a metric that reads every logit (a softmax).
+
+    >>> logits = torch.tensor([[2.0, 0.5, 0.0], [1.0, 3.0, 4.0]])
+    >>> data = {"io_id": torch.tensor([0, 2]), "s_id": torch.tensor([1, 1])}
+    >>> cols, narrow = columns("logit_diff", data, torch.tensor([0, 1]))
+    >>> cols.tolist(), compute("logit_diff", logits[:, cols], narrow).tolist()
+    ([0, 1, 2], [1.5, 1.0])
+    """
+    m = METRIC_FNS[name]
+    if not m.picks:
+        return None
+    r = torch.as_tensor(rows).long()
+    ids = [torch.as_tensor(data[k]).long().to(r.device)[r] for k in m.picks]
+    cols, inverse = torch.unique(torch.cat(ids), return_inverse=True)
+    return cols, {k: part for k, part in zip(m.picks, inverse.split(len(r)))}
 
 
 def values(

@@ -120,12 +120,17 @@ def test_plan_captures_and_keys():
     before = make_node("patch", {"component": "heads", "direction": "denoising", "layers": "all",
                                  "metric": "logit_diff", "positions": "all"},
                        {"model": base["model"], "dataset": base["dataset"], "source": heads.input("source"),
-                        "resume": heads.input("resume"), "baseline": heads.input("baseline")})
+                        "resume": heads.input("resume"), "replay": heads.input("replay"),
+                        "baseline": heads.input("baseline")})
     assert heads.key == before.key and dict(heads.params)["component_index"] is None
-    # resumed from the base run's residual stream; normalised by the shared baseline node
+    # resumed from the base run's residual stream (and, for heads, its z: the patched layer's
+    # attention is not recomputed); normalised by the shared baseline node
     assert (heads.input("resume").param("site"), heads.input("resume").param("which")) == ("resid_pre", "corrupted")
+    assert (heads.input("replay").param("site"), heads.input("replay").param("which")) == ("z", "corrupted")
     assert heads.input("baseline").op == "baseline" and heads.input("baseline") is plan({**base, "component": "mlp"}, b).input("baseline")
-    assert "resume" not in dict(plan({**base, "component": "heads", "layers": (0,)}, b).inputs)  # nothing to skip
+    q0 = dict(plan({**base, "component": "q", "layers": (0,)}, b).inputs)
+    assert "resume" not in q0 and "replay" not in q0  # nothing to skip before layer 0's q
+    assert "replay" not in dict(plan({**base, "component": "resid"}, b).inputs)  # resid_pre: its attention runs
 
 
 def test_statements_reach_the_right_operator(stdlib_loaded, tmp_path, tiny_gpt2_dir):

@@ -29,8 +29,8 @@ heads  = patch heads in all layers of m on ioi with logit_diff
 plot heads as heatmap titled "Head patching effect"
 """
 # model, dataset, baseline (shared by evaluate and the patches), evaluate, captures (clean z, and the
-# corrupted resid_pre the patches resume from), 2 patches, 2 charts
-N_NODES = 10
+# corrupted resid_pre and z the patches resume from), 2 patches, 2 charts
+N_NODES = 11
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -150,9 +150,9 @@ def test_sigkill_during_study_run_then_rerun_completes(tmp_path, tiny_gpt2_dir):
         store.verify(k)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    # model, dataset, captures (clean z, clean and corrupted resid_pre), baselines (logit_diff, prob,
+    # model, dataset, captures (clean and corrupted z and resid_pre), baselines (logit_diff, prob,
     # kl); 5 patches; 5 charts
-    total = 5 + 3 + 5 + 5
+    total = 6 + 3 + 5 + 5
     computed = int(r.stdout.strip().splitlines()[-1].split()[0])
     # Whatever was whole before the kill is reused; everything else is computed exactly once.
     assert computed == total - len(before) and len(list(store.keys())) == total

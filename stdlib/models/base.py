@@ -97,6 +97,37 @@ class Output:
     acts: dict[Site, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, eq=False)
+class Resume:
+    """Where a run starts instead of the embeddings (`Adapter.forward(resume=...)`): a shortcut,
+    never an intervention. `resid` [B, S, d_model] is the residual stream these very inputs have
+    at block `layer`'s input (captured from an unedited run); with `z` [B, S, heads, d_head], the
+    heads' z of that same run at that layer, the block's attention is not recomputed either: its
+    output is the native output projection of z (after any edits of z)."""
+
+    layer: int
+    resid: torch.Tensor
+    z: torch.Tensor | None = None
+
+
+# Site kinds a run resumed with `Resume.z` may edit or capture at the resumed layer (everything
+# from z on; q, k, v, the pattern and the attention module's own output are not computed there).
+REPLAY_KINDS = frozenset({"z", "mlp_post", "mlp_out", "resid_post"})
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for a block's attention module for one call: returns the native output
+    projection of a given z, (out, None) as HF attention modules do."""
+
+    def __init__(self, out_proj: torch.nn.Module, z: torch.Tensor) -> None:
+        super().__init__()
+        self.out_proj = out_proj
+        self.z = z
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        return self.out_proj(self.z.flatten(-2)), None
+
+
 class _Stop(Exception):
     """Raised by a hook once every requested site is captured and no logits are wanted."""
 
@@ -169,6 +200,16 @@ class Adapter:
         return self._blocks is not None
 
     @property
+    def can_replay(self) -> bool:
+        """Whether a resumed run can replace the first block's attention by its output
+        projection of a given z: the z site is the input of a direct child of the attention
+        module, whose output (element 0) is attn_out (every causal table; not BERT's)."""
+        z, out = self.table.points.get("z"), self.table.points.get("attn_out")
+        return (self.can_resume and z is not None and out is not None and z.on == "input"
+                and z.module.rsplit(".", 1)[0] == self.table.attention and out.module == self.table.attention
+                and out.on == "output" and (out.index or 0) == 0)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -202,13 +243,28 @@ class Adapter:
             raise LookupError(f"{self.table.arch} models have no final norm")
         return self.module(self.table.final_norm).forward(x)
 
-    def unembed(self, x: torch.Tensor, normed: bool = False) -> torch.Tensor:
+    def unembed(self, x: torch.Tensor, normed: bool = False, columns: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [..., d_vocab] of a residual-stream tensor [..., d_model]: the final norm (unless
-        `normed`) then the unembedding, both native modules (the logit lens)."""
+        `normed`) then the unembedding, both native modules (the logit lens). With `columns`
+        [K] token ids: only those logits, [..., K], from the same weight rows (and bias) of the
+        unembedding, a linear layer (`can_unembed_columns`); equal to the full logits' columns
+        to float rounding."""
         head = self.model.get_output_embeddings()
         if head is None:
             raise LookupError(f"this {self.table.arch} checkpoint has no unembedding")
-        return head(x if normed else self.final_norm(x))
+        x = x if normed else self.final_norm(x)
+        if columns is None:
+            return head(x)
+        if not self.can_unembed_columns:
+            return head(x)[..., columns.to(x.device)]
+        cols = columns.to(head.weight.device)
+        bias = None if head.bias is None else head.bias[cols]
+        return torch.nn.functional.linear(x, head.weight[cols], bias)
+
+    @property
+    def can_unembed_columns(self) -> bool:
+        """Whether the unembedding is a plain linear layer (so some columns can be computed alone)."""
+        return type(self.model.get_output_embeddings()) is torch.nn.Linear
 
     def forward(
         self,
@@ -220,7 +276,7 @@ class Adapter:
         logits_at: torch.Tensor | None = None,
         logits: bool = True,
         grad: bool = False,
-        resume: tuple[int, torch.Tensor] | None = None,
+        resume: Resume | tuple[int, torch.Tensor] | None = None,
         only_at: torch.Tensor | None = None,
     ) -> Output:
         """Run a batch, applying `edits` and capturing `capture`.
@@ -236,13 +292,15 @@ class Adapter:
                 positions go through the unembedding.
             logits: False stops the forward as soon as every captured site is read.
             grad: keep the autograd graph (for gradient-based methods).
-            resume: (layer L, resid_pre [B, S, d_model]): a shortcut, not an intervention: the
-                residual stream these very inputs have at block L's input (e.g. captured from
-                an unedited run), so blocks 0 .. L-1, which a run whose every capture and edit
-                lies at layer >= L computes unchanged, are skipped. The native blocks L .. n-1
-                run as they are; below L only the embeddings are computed (and discarded).
-                Sites at layers below L are refused. On a model whose block list cannot be
-                entered part-way (`can_resume` False) the full run is made instead.
+            resume: a `Resume(L, resid_pre[, z])` (or a (L, resid_pre) tuple): a shortcut, not an
+                intervention: the residual stream these very inputs have at block L's input
+                (e.g. captured from an unedited run), so blocks 0 .. L-1, which a run whose
+                every capture and edit lies at layer >= L computes unchanged, are skipped. The
+                native blocks L .. n-1 run as they are; below L only the embeddings are computed
+                (and discarded). With z, block L's attention is replaced by its output projection
+                of z (`can_replay`); then only REPLAY_KINDS may be touched at layer L. Sites at
+                layers below L are refused. On a model whose block list cannot be entered
+                part-way (`can_resume` False) the full run is made instead.
             only_at: [B] the one position per row that is read after the last block's attention
                 (a metric's answer position): the last block's attention output projection and
                 MLP then run at that position only (`_answer_tail`); their outputs elsewhere, and
@@ -252,10 +310,19 @@ class Adapter:
         """
         capture, edits = list(capture), list(edits)
         if resume is not None:
-            start = int(resume[0])
-            low = [s for s in [*capture, *(e.site for e in edits)] if s.layer is not None and s.layer < start]
+            if not isinstance(resume, Resume):
+                resume = Resume(int(resume[0]), resume[1])
+            start = resume.layer
+            touched = [*capture, *(e.site for e in edits)]
+            low = [s for s in touched if s.layer is not None and s.layer < start]
             if low:
                 raise ValueError(f"{low[0]} lies before the resumed layer {start}")
+            if resume.z is not None:
+                if not self.can_replay:
+                    resume = Resume(resume.layer, resume.resid)
+                elif any(s.layer == start and s.kind not in REPLAY_KINDS for s in touched):
+                    bad = next(s for s in touched if s.layer == start and s.kind not in REPLAY_KINDS)
+                    raise ValueError(f"{bad} is not computed when layer {start}'s attention is replayed from z")
 
         mids = [s for s in capture if s.kind == "resid_mid"] if self.parallel else []
         if mids:
@@ -369,7 +436,7 @@ class Adapter:
             handles.append(mod.register_forward_hook(scatter, prepend=True))
 
     @contextlib.contextmanager
-    def _resumed(self, resume: tuple[int, torch.Tensor] | None, handles: list) -> Iterator[None]:
+    def _resumed(self, resume: Resume | None, handles: list) -> Iterator[None]:
         """Inside: the model's block list starts at block L, whose input is the given residual.
 
         Hooks are registered on the blocks themselves (by path, before this), so they stay where
@@ -377,11 +444,19 @@ class Adapter:
         if resume is None or self._blocks is None:
             yield
             return
-        start, resid = int(resume[0]), resume[1]
+        start, resid = resume.layer, resume.resid
         parent_path, name = self._blocks.rsplit(".", 1)
         parent = self.model.get_submodule(parent_path)
         full = getattr(parent, name)
         resid = resid.to(self.device, self.dtype)
+        swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+        if resume.z is not None:  # resolved before the block list is shortened
+            attn_path = self.table.attention.format(layer=start)
+            out_proj = self.model.get_submodule(self.table.points["z"].module.format(layer=start))
+            owner_path, attr = attn_path.rsplit(".", 1)
+            owner = self.model.get_submodule(owner_path)
+            swaps.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, _Replay(out_proj, resume.z.to(self.device, self.dtype)))
 
         def enter(module, args, kwargs):
             if args:
@@ -396,6 +471,8 @@ class Adapter:
             yield
         finally:
             setattr(parent, name, full)
+            for owner, attr, module in reversed(swaps):
+                setattr(owner, attr, module)
 
     def _tasks(self, capture: list[Site], edits: list[Edit]) -> dict[tuple[str, str], list[_Task]]:
         by_site: dict[Site, _Task] = {}
@@ -598,7 +675,9 @@ def _apply(act: torch.Tensor, e: Edit, base: torch.Tensor | None) -> torch.Tenso
 
 def load_adapter(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Adapter:
     """Load a local HF model directory with eager attention, in eval mode, as an Adapter. The
-    architecture table says which transformers Auto class loads it."""
+    architecture table says which transformers Auto class loads it. Forwards run HF's fused
+    kernels where HF has one for the same function: sdpa attention unless a pattern is read or
+    written (`Adapter.attention`), and GELUTanh for GPT-2's gelu_new (`fuse_activations`)."""
     import transformers
     from transformers import AutoTokenizer
 
@@ -609,5 +688,23 @@ def load_adapter(path: str | Path, dtype: str = "float32", device: str = "cpu") 
     auto = getattr(transformers, table.auto_class(cfg))
     model = auto.from_pretrained(path, attn_implementation="eager", dtype=torch_dtype, local_files_only=True)
     model.to(device).eval()
+    fuse_activations(model)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return Adapter(model, tok, table, cfg)
+
+
+def fuse_activations(model: torch.nn.Module) -> int:
+    """Swap GPT-2's `gelu_new` modules (NewGELUActivation: eight elementwise passes, one a generic
+    power) for HF's own fused kernel of the same function (GELUTanh, `gelu_pytorch_tanh`, which HF
+    documents as equivalent up to rounding): the MLP's activation was a third of a GPT-2-small
+    block's time on one CPU thread. Both are the tanh approximation of GELU; they agree to 2.4e-7
+    (tests/test_speed_paths.py). Returns how many modules were swapped."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    n = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, GELUTanh())
+                n += 1
+    return n

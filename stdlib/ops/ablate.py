@@ -75,7 +75,7 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
     """Input name -> (site kind, clean | corrupted) of the captures a statement reads."""
     kind = component(params["component"]).kind.name
     method = params["method"]
-    resume = iv.resume_capture(params, "clean")
+    resume = iv.resume_captures(params, "clean")
     if method == "zero":
         return resume
     which = "corrupted" if method == "resample" else params["mean_of"]
@@ -133,7 +133,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     g = iv.grid(word, params["layers"], positions, adapter.n_layers, unit_ids, width)
     clean_logits, m_clean, m_corr = iv.read_baselines(inputs, adapter, pairs, metric, ctx.max_rows)
     per_prompt = iv.sweep(adapter, pairs, write, source, g, metric, "clean", clean_logits, ctx.max_rows,
-                          resume=caps.get("resume"))
+                          resume=caps.get("resume"), replay=caps.get("replay"))
     return iv.sweep_result(word, g, positions, per_prompt, m_clean, m_corr, "ablated",
                            {"component": word, "site": kind, "method": method, "metric": metric, "positions": positions},
                            extra={"change": lambda raw, clean: raw - clean}, headline={"ablation": method})

@@ -52,7 +52,7 @@ def captures(params: dict) -> dict[str, tuple[str, str]]:
     out = {"source": (kind, which)}
     if kind == "pattern":  # z = pattern @ v needs the values of the run being patched
         out["values"] = ("v", base)
-    return {**out, **iv.resume_capture(params, base)}
+    return {**out, **iv.resume_captures(params, base)}
 
 
 @spec.operator(
@@ -95,7 +95,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     g = iv.grid(word, params["layers"], positions, adapter.n_layers, unit_ids, int(pairs.clean_ids.shape[1]))
     clean_logits, m_clean, m_corr = iv.read_baselines(inputs, adapter, pairs, metric, ctx.max_rows)
     per_prompt = iv.sweep(adapter, pairs, iv.write_kind(word), source, g, metric, base, clean_logits, ctx.max_rows,
-                          resume=acts.get("resume"))
+                          resume=acts.get("resume"), replay=acts.get("replay"))
     return iv.sweep_result(word, g, positions, per_prompt, m_clean, m_corr, "patched",
                            {"component": word, "site": component(word).kind.name, "direction": direction,
                             "metric": metric, "positions": positions}, headline={"direction": direction})
