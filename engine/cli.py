@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=None, help="run on a dask.distributed LocalCluster of N processes")
     p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler (tcp://HOST:PORT)")
-    p.add_argument("--max-rows", type=int, default=32, help="rows per batched forward (tune per device)")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="sequences per batched forward (default: by device, 64 on a CPU, 1024 on a GPU)")
     p.add_argument("--out", default=None, help="report directory (default out/<study>)")
     p.add_argument("--from", dest="from_pack", default=None,
                    help="import this pack first; its results serve its own study (STUDY, extracted if absent)")

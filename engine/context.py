@@ -31,6 +31,18 @@ def auto_device() -> str:
         return "cpu"
 
 
+# Forward sizes by device type, from measured throughput (benchmarks/bench_rows.py, BENCHMARKS.md):
+# on one CPU thread a batched sweep's rows per second rise up to about 1024 tokens per forward (64
+# IOI prompts) and then flatten or fall (the activations leave the core's cache); a GPU keeps
+# gaining far beyond, so it is fed wide batches.
+DEFAULT_ROWS = {"cpu": 64, "cuda": 1024}
+DEFAULT_TOKENS = {"cpu": 1024, "cuda": 65536}
+
+
+def device_type(device: str) -> str:
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
 @dataclass
 class Context:
     """Execution context handed to every operator.
@@ -38,16 +50,29 @@ class Context:
     Attributes:
         device: "cpu" or "cuda".
         max_rows: how many sequences one batched forward may hold (patch variants are
-            chunked to this). Measured on 2-core CPUs: throughput peaks near 32.
+            chunked to this); None: the device's default (DEFAULT_ROWS).
+        max_tokens: how many tokens (rows x positions) one forward may hold; None: the device's
+            default (DEFAULT_TOKENS). `rows_for(width)` combines the two.
         log: a callable taking one line of text.
         key, op: the node being computed ("" outside a run).
     """
 
     device: str = field(default_factory=auto_device)
-    max_rows: int = 32
+    max_rows: int | None = None
     log: Callable[[str], None] = lambda msg: None
     key: str = ""
     op: str = ""
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_rows is None:
+            self.max_rows = DEFAULT_ROWS[device_type(self.device)]
+        if self.max_tokens is None:
+            self.max_tokens = DEFAULT_TOKENS[device_type(self.device)]
+
+    def rows_for(self, width: int) -> int:
+        """Sequences per forward for inputs `width` tokens long: max_rows, fewer for long inputs."""
+        return max(1, min(int(self.max_rows), int(self.max_tokens) // max(1, int(width))))
 
     def progress(self, done: int, total: int, note: str = "") -> None:
         """Report that `done` of `total` units of this node's work are finished (`note`: what the

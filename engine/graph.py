@@ -71,7 +71,8 @@ def _ensure_registered(op: str, module: str) -> None:
         importlib.import_module(module)
 
 
-def execute_node(node: Node, module: str, store: StoreAddress, device: str, max_rows: int, *deps: Outcome) -> Outcome:
+def execute_node(node: Node, module: str, store: StoreAddress, device: str, max_rows: int | None,
+                 *deps: Outcome) -> Outcome:
     """The body of every task: cache hit, or compute + store under the per-key lock."""
     _ensure_registered(node.op, module)
     st = store.open()
@@ -158,7 +159,7 @@ def needed(roots: list[Node], store: Store, warn: Callable[[str], None]) -> list
     return sorted(out.values(), key=lambda n: order[n.key])
 
 
-def to_dask(nodes: list[Node], store: StoreAddress, device: str, max_rows: int) -> dict[str, Task]:
+def to_dask(nodes: list[Node], store: StoreAddress, device: str, max_rows: int | None) -> dict[str, Task]:
     keys = {n.key for n in nodes}
     graph: dict[str, Task] = {}
     for n in nodes:
@@ -174,7 +175,7 @@ def run_nodes(
     store: Store,
     *,
     device: str,
-    max_rows: int = 32,
+    max_rows: int | None = None,
     scheduler: str | None = None,
     warn: Callable[[str], None] = print,
     progress: Callable[[Outcome, int, int], None] | None = None,

@@ -74,7 +74,7 @@ def run_study(
     cache: str | Path | None = None,
     device: str | None = None,
     scheduler: str | None = None,
-    max_rows: int = 32,
+    max_rows: int | None = None,
     out_dir: str | Path | None = None,
     report: bool = True,
     log: Callable[[str], None] = lambda s: None,

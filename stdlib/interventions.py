@@ -182,6 +182,12 @@ def source_values(word: str, acts: dict[int, torch.Tensor], values: dict[int, to
 # ---- the sweep -------------------------------------------------------------------------------
 
 
+def rows(ctx: Any, pairs: Pairs) -> int:
+    """Rows per forward of a sweep over `pairs`: the context's budget (`Context.rows_for`) for
+    prompts of their mean length (chunks hold prompts of similar lengths, see `row_chunks`)."""
+    return ctx.rows_for(int(pairs.attention_mask.sum(1).float().mean().ceil()))
+
+
 def row_chunks(g: Grid, lengths: torch.Tensor, max_rows: int, by_layer: bool,
                sort: bool = True) -> list[tuple[int | None, torch.Tensor]]:
     """The (variant, prompt) rows of a sweep (row r = variant r // N, prompt r % N) in forward-sized

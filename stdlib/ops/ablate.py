@@ -132,7 +132,7 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     unit_ids = iv.units(word, adapter, params["component_index"])
     g = iv.grid(word, params["layers"], positions, adapter.n_layers, unit_ids, width)
     clean_logits, m_clean, m_corr = iv.read_baselines(inputs, adapter, pairs, metric, ctx.max_rows)
-    per_prompt = iv.sweep(adapter, pairs, write, source, g, metric, "clean", clean_logits, ctx.max_rows,
+    per_prompt = iv.sweep(adapter, pairs, write, source, g, metric, "clean", clean_logits, iv.rows(ctx, pairs),
                           resume=caps.get("resume"), replay=caps.get("replay"))
     return iv.sweep_result(word, g, positions, per_prompt, m_clean, m_corr, "ablated",
                            {"component": word, "site": kind, "method": method, "metric": metric, "positions": positions},

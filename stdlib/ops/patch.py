@@ -94,8 +94,8 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
     unit_ids = iv.units(word, adapter, params["component_index"])
     g = iv.grid(word, params["layers"], positions, adapter.n_layers, unit_ids, int(pairs.clean_ids.shape[1]))
     clean_logits, m_clean, m_corr = iv.read_baselines(inputs, adapter, pairs, metric, ctx.max_rows)
-    per_prompt = iv.sweep(adapter, pairs, iv.write_kind(word), source, g, metric, base, clean_logits, ctx.max_rows,
-                          resume=acts.get("resume"), replay=acts.get("replay"))
+    per_prompt = iv.sweep(adapter, pairs, iv.write_kind(word), source, g, metric, base, clean_logits,
+                          iv.rows(ctx, pairs), resume=acts.get("resume"), replay=acts.get("replay"))
     return iv.sweep_result(word, g, positions, per_prompt, m_clean, m_corr, "patched",
                            {"component": word, "site": component(word).kind.name, "direction": direction,
                             "metric": metric, "positions": positions}, headline={"direction": direction})
