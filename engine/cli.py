@@ -232,23 +232,19 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) ->
     hard_exit = argv is None if hard_exit is None else hard_exit
     args = _parser().parse_args(argv)  # --help exits 0, a usage error 2 (argparse's SystemExit)
     _quiet_libraries()
-    from mechstudy.engine.pack import PackError
-    from mechstudy.engine.nodeprogress import Interrupted
-    from mechstudy.lang.errors import StudyErrors
-
     code = INTERNAL
     try:
         with _stop_on_signals(hard_exit), _ceilings(getattr(args, "no_ceilings", False)):
             code = _dispatch(args)
-    except StudyErrors as e:
+    except _exc("StudyErrors") as e:
         print(e.render(), file=sys.stderr)
         n = len(e.errors)
         print(f"{n} error{'s' if n != 1 else ''}; nothing was computed", file=sys.stderr)
         code = STUDY_ERRORS
-    except (PackError, _Refused) as e:
+    except (_exc("PackError"), _Refused) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         code = REFUSED
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, _exc("Interrupted")):
         print("\ninterrupted; nothing half-computed was kept, and a rerun resumes where this one stopped", file=sys.stderr)
         code = INTERRUPTED
     except FileNotFoundError as e:
@@ -280,8 +276,22 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) ->
     return code
 
 
+def _exc(name: str) -> type:
+    """An exception class main() catches, imported only when an exception is being matched (an
+    `except` clause evaluates its classes then): a warm `study run` never imports the language's
+    parser or the pack machinery it does not use."""
+    if name == "StudyErrors":
+        from mechstudy.lang.errors import StudyErrors as cls
+    elif name == "PackError":
+        from mechstudy.engine.pack import PackError as cls
+    else:
+        from mechstudy.engine.nodeprogress import Interrupted as cls
+    return cls
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    from mechstudy.engine import run as runmod
+    if args.cmd != "run":
+        from mechstudy.engine import run as runmod
 
     if args.cmd == "check":
         from mechstudy.engine.confine import check_study_paths, for_study
@@ -391,9 +401,6 @@ def _import(args: argparse.Namespace, store: Any, study_dir: Path) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mechstudy.engine.graph import OpFailed
-    from mechstudy.engine.run import run_study
-
     if args.from_pack:
         from mechstudy.engine.store import Store
 
@@ -405,19 +412,30 @@ def _run(args: argparse.Namespace) -> int:
     scheduler = args.scheduler or (f"local:{args.workers}" if args.workers else None)
     device = None if args.device == "auto" else args.device
     from mechstudy.engine.progress import display_for
+    from mechstudy.engine.warm import warm_run
 
     try:
         with display_for("json" if args.json else "quiet" if args.quiet else "auto") as show:
-            res = run_study(
-                args.study,
-                cache=args.cache,
-                device=device,
-                scheduler=scheduler,
-                max_rows=args.max_rows,
-                out_dir=args.out,
-                events=show,
-            )
-    except OpFailed as e:
+            # An unchanged study whose every result is stored: no check, plan, or import of the
+            # stdlib, torch or dask (engine/warm.py). Anything else takes the full path.
+            res = None if args.from_pack else warm_run(args.study, cache=args.cache, out_dir=args.out, events=show)
+            if res is None:
+                from mechstudy.engine.run import run_study
+
+                res = run_study(
+                    args.study,
+                    cache=args.cache,
+                    device=device,
+                    scheduler=scheduler,
+                    max_rows=args.max_rows,
+                    out_dir=args.out,
+                    events=show,
+                )
+    except Exception as e:  # noqa: BLE001 - an operator's failure is reported; anything else propagates
+        from mechstudy.engine.graph import OpFailed
+
+        if not isinstance(e, OpFailed):
+            raise
         print(f"error: operator {e.node.op} failed ({e.node.dask_key}): {_one_line(e, 500)}", file=sys.stderr)
         if args.debug:
             print(e.tb, file=sys.stderr)

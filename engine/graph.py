@@ -128,8 +128,9 @@ def execute_node(node: Node, module: str, store: StoreAddress, device: str, max_
 def needed(roots: list[Node], store: Store, warn: Callable[[str], None]) -> list[Node]:
     """Nodes that must run as tasks: roots, plus inputs of nodes that are missing.
 
-    Cached entries are checksum-verified here; a corrupt one is reported, discarded and
-    recomputed.
+    Cached entries are verified here, by sizes and modification times when they are as written
+    (`Store.verify(quick=True)`), else by checksums; a corrupt one is reported, discarded and
+    recomputed. `study cache verify` checks every checksum.
     """
     out: dict[str, Node] = {}
 
@@ -137,7 +138,7 @@ def needed(roots: list[Node], store: Store, warn: Callable[[str], None]) -> list
         if not store.has(n.key):
             return False
         try:
-            store.verify(n.key)
+            store.verify(n.key, quick=True)
             return True
         except (CorruptEntry, KeyError) as e:
             warn(f"cache entry {n.dask_key} is damaged ({e}); recomputing it")
@@ -157,6 +158,15 @@ def needed(roots: list[Node], store: Store, warn: Callable[[str], None]) -> list
     # dependencies first
     order = {n.key: i for i, n in enumerate(walk(roots))}
     return sorted(out.values(), key=lambda n: order[n.key])
+
+
+def prepare_imports() -> None:
+    """Import, once and up front, what model sources need to load models and tokenizers: the
+    first node to compute (a dataset tokenising its prompts) would otherwise time the import of
+    transformers, and threads importing it at once wait on each other."""
+    for src in spec.MODEL_SOURCES.values():
+        if src.prepare is not None:
+            src.prepare()
 
 
 def to_dask(nodes: list[Node], store: StoreAddress, device: str, max_rows: int | None) -> dict[str, Task]:
@@ -188,6 +198,8 @@ def run_nodes(
     every worker can reach).
     """
     nodes = needed(roots, store, warn)
+    if any(not store.has(n.key) for n in nodes):
+        prepare_imports()
     graph = to_dask(nodes, store.address(), device, max_rows)
     keys = [n.dask_key for n in nodes]
     if on_start is not None:

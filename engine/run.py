@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mechstudy.engine import fingerprint
 from mechstudy.engine.build import Plan, build_plan
 from mechstudy.engine.graph import Outcome, run_nodes
 from mechstudy.engine.plan import Node, walk
@@ -105,7 +106,8 @@ def run_study(
 
     # A study opened from a pack reads files only inside the pack's directory.
     with for_study(path, from_pack=bool(packs)):
-        plan = check_and_plan(path)
+        with fingerprint.recording() as deps:  # what the plan was derived from (engine/warm.py)
+            plan = check_and_plan(path)
         store.clean_tmp()
 
         def on_done(o: Outcome, done: int, total: int) -> None:
@@ -145,6 +147,10 @@ def run_study(
         out = Path(out_dir) if out_dir else Path("out") / Path(path).stem
         info = {"study": str(path), "seconds": res.seconds, "device": device or auto_device(), "cache": str(store.root)}
         res.report = build_report(plan, store, outcomes, out / "report.html", res.lock, info)
+    if not packs and all(o.status in ("computed", "cached") for o in outcomes.values()):
+        from mechstudy.engine.warm import remember
+
+        remember(path, store, out_dir, plan, deps, res.lock, res.report)
     emit({"event": "finish", "computed": res.computed, "cached": res.from_cache, "seconds": round(res.seconds, 3),
           "report": str(res.report) if res.report else None})
     return res

@@ -311,6 +311,8 @@ class ModelSource:
     load(model_data, device) -> the loaded model adapter; `model_data` is a `model` node's
         artifact data (path, options, fingerprint ...). Called by `Context.model`, once per
         process and device.
+    prepare() -> None: import the libraries `load` and tokenizers need; the engine calls it once,
+        before running nodes that compute, so no node's time includes a library's import.
     """
 
     kind: str  # "hf", "zoo"
@@ -320,6 +322,7 @@ class ModelSource:
     options: tuple[Param, ...] = ()
     names: Callable[[], list[str]] | None = None  # known refs, for did-you-mean
     doc: str = ""
+    prepare: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,7 @@ class Store:
                 "key": key,
                 "store_format": STORE_FORMAT,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "files": {name: {"bytes": (tmp / name).stat().st_size, "xxh3_128": checksum(tmp / name)} for name in files},
+                "files": {name: _file_record(tmp / name) for name in files},
             }
             with open(tmp / MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1, sort_keys=True, default=str)
@@ -265,7 +265,7 @@ class Store:
                 raise CorruptEntry(f"{key[:16]}: manifest.json is not a JSON object")
             raise KeyError(key)
         if verify:
-            verify_dir(key, d, m)
+            self.verify(key, m, quick=True)
         try:
             return _read_payload(d, m)
         except CorruptEntry:
@@ -273,13 +273,19 @@ class Store:
         except Exception as e:  # noqa: BLE001 - a payload that passed its checksum but does not load
             raise CorruptEntry(f"{key[:16]}: cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
 
-    def verify(self, key: str, manifest: dict[str, Any] | None = None) -> None:
+    def verify(self, key: str, manifest: dict[str, Any] | None = None, quick: bool = False) -> None:
+        """Check an entry's payload files against its manifest: sizes and checksums; with `quick`,
+        sizes and modification times when the entry was written here and both match what its
+        manifest recorded at write time (the hot path of a warm run), checksums otherwise (an
+        entry served from an imported pack is always checksummed). Raises CorruptEntry/KeyError."""
         d = self.path(key)
         m = manifest or self.manifest(key)
         if m is None:
             if (d / MANIFEST).is_file():
                 raise CorruptEntry(f"{key[:16]}: manifest.json is not a JSON object")
             raise KeyError(key)
+        if quick and self.origin(key) is None and unchanged_since_written(d, m):
+            return
         verify_dir(key, d, m)
 
     def status(self, key: str) -> str:
@@ -343,6 +349,30 @@ def _alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def _file_record(p: Path) -> dict[str, Any]:
+    """A payload file's manifest record: bytes and checksum, and its mtime for quick checks."""
+    st = p.stat()
+    return {"bytes": st.st_size, "xxh3_128": checksum(p), "mtime_ns": st.st_mtime_ns}
+
+
+def unchanged_since_written(d: Path, m: dict[str, Any]) -> bool:
+    """Whether every payload file of an entry has the size and mtime its manifest recorded when
+    it was written (False when the manifest has no mtimes: older entries, imported ones)."""
+    files = m.get("files")
+    if not isinstance(files, dict):
+        return False
+    for name, meta in files.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get("mtime_ns"), int):
+            return False
+        try:
+            st = (d / name).stat()
+        except OSError:
+            return False
+        if st.st_size != meta.get("bytes") or st.st_mtime_ns != meta["mtime_ns"]:
+            return False
     return True
 
 

@@ -30,10 +30,10 @@ def reference(name: str) -> dict[str, Any]:
 
 
 def tokenizer_of(model_artifact: Any, ctx: Any = None) -> Any:
-    """The tokenizer of a `model` node's artifact: the loaded adapter's when a context is given
-    (it is memoised there), else loaded from the model directory alone."""
-    if ctx is not None:
-        return ctx.model(model_artifact).tokenizer
+    """The tokenizer of a `model` node's artifact, loaded from the model directory alone (memoised
+    per process): a dataset node never loads the model's weights (the one `load_adapter` would
+    give is the same `AutoTokenizer.from_pretrained` of the same directory). `ctx` is accepted
+    for the generators' calls and not needed."""
     return _load_tokenizer(model_artifact.data["path"])
 
 

@@ -136,11 +136,18 @@ def load_model(data: Mapping[str, Any], device: str) -> Any:
     return load_adapter(data["path"], dtype=dtype, device=device)
 
 
+def prepare() -> None:
+    """Import what loading a model or its tokenizer needs (transformers' Auto classes)."""
+    import transformers  # noqa: F401
+    from transformers import AutoTokenizer  # noqa: F401
+
+
 spec.register_model_source(ModelSource(
-    kind="hf", describe=hf_describe, locate=hf_locate, load=load_model, options=OPTIONS,
+    kind="hf", describe=hf_describe, locate=hf_locate, load=load_model, options=OPTIONS, prepare=prepare,
     doc='A local Hugging Face directory, or a hub id already in the local HF cache: hf "gpt2".',
 ))
 spec.register_model_source(ModelSource(
     kind="zoo", describe=zoo_describe, locate=zoo_locate, load=load_model, options=OPTIONS, names=zoo_names,
+    prepare=prepare,
     doc='A model shipped with mechstudy (stdlib/zoo/models/NAME): zoo "mini".',
 ))
