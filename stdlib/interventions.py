@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-import polars as pl
 import torch
 
 from mechstudy.engine.spec import Artifact
@@ -419,6 +418,8 @@ def sweep_result(word: str, g: Grid, positions: Any, per_prompt: torch.Tensor, m
     [*shape, N], the clean and corrupted metric per prompt. data["headline"] (what the report shows
     beside the chart) holds the baselines and the convention, then `headline`'s label -> value items.
     """
+    import polars as pl
+
     raw_mean = per_prompt.mean(1)
     clean_mean, corr_mean = m_clean.mean().item(), m_corr.mean().item()
     effect = metrics.normalise(raw_mean, clean_mean, corr_mean)
