@@ -153,8 +153,13 @@ def bench(name: str, path: Path, repeat: int, device: str) -> dict:
                 sync()
                 ts.append(time.perf_counter() - t)
             curve[r] = len(g) * n / min(ts)
-    import mechstudy.stdlib.ops.attribute  # noqa: F401
-    import mechstudy.stdlib.ops.gradient  # noqa: F401
+    try:
+        import mechstudy.stdlib.ops.attribute  # noqa: F401  (polars: absent from a bare CUDA image)
+        import mechstudy.stdlib.ops.gradient  # noqa: F401
+    except ImportError as e:
+        return {"model": name, "variants": len(g), "prompts": n, "rows_per_forward": rows, "diffs": diffs,
+                "times": times, "rows_per_s": curve, "atp": [float("nan")] * repeat, "atp_spearman": float("nan"),
+                "atp_skipped": str(e)}
     from mechstudy.engine import spec
     from mechstudy.engine.spec import Artifact
 
