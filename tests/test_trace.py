@@ -42,13 +42,15 @@ def _reference(a, ids, subject, answer, kind, layer_of, noise):
                 return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
             hooks.append(blocks[l].register_forward_hook(put))
         try:
-            with torch.no_grad():
+            # The adapter's kernel (sdpa): HF's eager Llama attention takes its softmax in float32
+            # even in a float64 model, which alone moves p by ~1e-8.
+            with torch.no_grad(), a.attention(a.kernel):
                 return torch.softmax(a.model(input_ids=ids[None]).logits[0, -1].double(), -1)[answer].item()
         finally:
             for h in hooks:
                 h.remove()
 
-    with torch.no_grad():
+    with torch.no_grad(), a.attention(a.kernel):
         hs = a.model(input_ids=ids[None], output_hidden_states=True).hidden_states
     clean_post = {l: hs[l + 1][0] for l in range(L - 1)}
     p_clean = run()
