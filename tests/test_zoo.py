@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mechstudy.stdlib.zoo import behaviours as B
-from mechstudy.stdlib.zoo import corpus, measure as M, model_dir, train, vocab
+from mechstudy.stdlib.zoo import MODELS_DIR, corpus, measure as M, train, vocab
 
 transformers = pytest.importorskip("transformers")
 
@@ -30,7 +30,7 @@ def offline():
 
 
 def load(name: str):
-    path = model_dir(name)
+    path = MODELS_DIR / name
     model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(path)
     return path, model, hf_tok
@@ -51,7 +51,7 @@ def mini():
 
 @pytest.mark.parametrize("name", ["attn2", "mini"])
 def test_shipped_directory_is_small_and_complete(name):
-    path = model_dir(name)
+    path = MODELS_DIR / name
     for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
               "behaviours.json"):
         assert (path / f).is_file(), f
@@ -108,7 +108,7 @@ def test_mini_ioi_on_held_out_templates_and_names(mini):
     prompts, io, s = M.encode_ioi(tok, items, bos=False)
     m = B.ioi_metrics(B.last_logits(model, prompts), io, s)
     assert m["io_over_s"] >= 0.9 and m["logit_diff"] > 1.0
-    shipped = json.loads((model_dir("mini") / "behaviours.json").read_text())["behaviours"]
+    shipped = json.loads((MODELS_DIR / "mini" / "behaviours.json").read_text())["behaviours"]
     assert abs(shipped["ioi_heldout_templates"]["io_over_s"] - m["io_over_s"]) < 0.1
 
 

@@ -37,10 +37,8 @@ RECIPE_NAMES = ("attn2", "mini")
 )
 def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """Train a zoo model (attn2 or mini) by its deterministic CPU recipe."""
-    from mechstudy.stdlib.zoo import build, train
+    from mechstudy.stdlib.zoo import build
 
-    kwargs = {k: params[k] for k in ("steps", "seed", "lr", "threads") if params[k] is not None}
-    log = getattr(ctx, "log", None) or (lambda msg: None)
-    trained = train.RECIPES[params["method"]](log=log, **kwargs)
-    behaviours = build.measure(trained) if params["measure"] else {}
-    return build.to_artifact(trained, behaviours)
+    return build.train_artifact(params["method"], steps=params["steps"], seed=params["seed"], lr=params["lr"],
+                                threads=params["threads"], measure_it=params["measure"],
+                                log=getattr(ctx, "log", None))

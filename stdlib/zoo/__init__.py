@@ -24,17 +24,6 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 ZOO_NAMES = ("attn2", "mini")
 
 
-def model_dir(name: str) -> Path:
-    """The shipped directory of zoo model `name` (raises LookupError when it is not there)."""
-    path = MODELS_DIR / name
-    if name not in ZOO_NAMES or not (path / "config.json").is_file():
-        raise LookupError(
-            f"no zoo model {name!r} (known: {', '.join(ZOO_NAMES)}); "
-            "rebuild the shipped models with `make zoo`"
-        )
-    return path
-
-
 def names() -> list[str]:
     """The zoo models this package knows about."""
     return list(ZOO_NAMES)

@@ -2,10 +2,11 @@
 
     python -m mechstudy.stdlib.zoo.build [attn2|mini|all] [--steps N] [--seed S] [--out DIR] [--cards-only]
 
-Each model is trained through the `train_model` operator (the same code a study's
-``train model using NAME`` runs), measured on its held-out sets, and written as ``config.json``,
-``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``, ``behaviours.json`` and a
-model card ``README.md``.
+Each model is trained by `train_artifact` (the function a study's ``train model using NAME``
+runs through the `train_model` operator), measured on its held-out sets, and written as
+``config.json``, ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``,
+``behaviours.json`` and a model card ``README.md``. The operator imports this module, never the
+other way round.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def to_artifact(trained: Trained, behaviours: dict) -> Artifact:
     )
 
 
+def train_artifact(method: str, steps: int | None = None, seed: int = 0, lr: float | None = None,
+                   threads: int = 1, measure_it: bool = True, log: Any = None) -> Artifact:
+    """Train recipe `method` (and measure it): what `train model using METHOD` and `make zoo` both run."""
+    from mechstudy.stdlib.zoo import train
+
+    kwargs = {k: v for k, v in dict(steps=steps, seed=seed, lr=lr, threads=threads).items() if v is not None}
+    trained = train.RECIPES[method](log=log or (lambda msg: None), **kwargs)
+    return to_artifact(trained, measure(trained) if measure_it else {})
+
+
 def from_artifact(art: Artifact) -> tuple[Any, Tokenizer]:
     """The (HF model in eval mode, tokenizer) a `train_model` artifact holds."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -87,19 +98,10 @@ def rewrite_card(directory: Path) -> None:
 
 
 def build(name: str, out: Path = MODELS_DIR, **params: Any) -> Path:
-    """Train zoo model `name` through the `train_model` operator and write `out/name/`."""
-    from mechstudy.engine import spec
-    from mechstudy.stdlib.ops import train_model  # noqa: F401  (registers the operator)
-
-    op = spec.OPS["train_model"]
-    full = {p.name: p.default for p in op.params if not p.required}
-    full.update(method=name, **{k: v for k, v in params.items() if v is not None})
-
-    class _Log:  # a context with a log, the only thing the operator asks of it
-        log = staticmethod(lambda msg: print(f"[{name}] {msg}", flush=True))
-
+    """Train zoo model `name` by `train_artifact` and write `out/name/`."""
     t0 = time.perf_counter()
-    art = op.run({}, full, _Log())
+    art = train_artifact(name, **{k: v for k, v in params.items() if v is not None},
+                         log=lambda msg: print(f"[{name}] {msg}", flush=True))
     path = write_model_dir(art, Path(out) / name)
     print(f"[{name}] wrote {path} in {time.perf_counter() - t0:.0f} s", flush=True)
     return path
