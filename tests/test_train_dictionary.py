@@ -1,4 +1,4 @@
-"""`train sae|transcoder|crosscoder` (op train_dictionary): ground truth on planted features, the
+"""`train sae|transcoder` (op train_dictionary): ground truth on planted features, the
 architectures against plain references, exact resumption from checkpoints (a run twice as long
 takes only the extra steps; a crashed run restarts from its last checkpoint), and check-time errors."""
 
@@ -161,7 +161,7 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint(stdlib_loaded, tmp_path,
 
 
 @pytest.mark.parametrize("line, message, col", [
-    ("train sae in layers 0..1 of m over web", "a sae reads one layer; got 2", 11),
+    ("train sae in layers 0..5 of m over web", "layer 5 is out of range", 24),
     ("train sae in layer 1 of m over web k=300 width=256", "k (300) is larger than the width (256)", 36),
     ("train sae in layer 1 of m over web checkpoint=15", "checkpoint (15) must be a multiple of log_every (10)", 36),
     ("train sae of m over web", "train sae needs `in layer L`", 1),
@@ -177,3 +177,18 @@ def test_mistakes_are_check_errors(stdlib_loaded, line, message, col):
         check(head + line + "\n", "t.study")
     err = e.value.errors[0]
     assert message in err.message and (err.span.line, err.span.column) == (4, col), e.value.render()
+
+
+def test_several_layers_make_one_dictionary_per_layer(stdlib_loaded):
+    """`train transcoder in all layers` is a sweep: one checkpoint chain per layer, on its own shards."""
+    import mechstudy.engine.builtins  # noqa: F401  (the model and dataset nodes)
+    from mechstudy.engine.build import build_plan
+    from mechstudy.lang import check
+
+    plan = build_plan(check('model m = zoo "mini"\ncorpus web = text "README.md" tokens=256 context=16\n'
+                            "t = train transcoder in all layers of m over web steps=20 checkpoint=10\n", "t.study"))
+    nodes = plan.results["t"].nodes
+    assert [n.param("layers") for n in nodes] == [[0], [1], [2]]
+    assert all(n.op == "train_dictionary" and n.param("start") == 10 for n in nodes)
+    shards = [{(c.param("site"), c.param("layer")) for _, c in n.inputs if c.op == "activations"} for n in nodes]
+    assert shards == [{("resid_mid", l), ("mlp_out", l)} for l in range(3)]

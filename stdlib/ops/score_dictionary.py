@@ -83,7 +83,7 @@ def sites_of(data: Mapping[str, Any]) -> Sites:
     validate=validate,
     uses_model=True,
     output="table",
-    default_chart="bar",
+    default_chart="density",
     example="corpus web = text \"README.md\" tokens=512 context=32\n"
             "sae = train sae in layer 1 of m over web width=256 k=8 batch=256 steps=20 checkpoint=10\n"
             "fit = score sae sae over web tokens=256",
@@ -93,6 +93,9 @@ def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
     art = inputs["dictionary"]
     if "model" not in inputs:
         raise ValueError("score needs a dictionary trained on a model's activations (`of MODEL over CORPUS`)")
+    if art.data.get("models", 1) > 1:
+        raise ValueError("score reads one model; this crosscoder reads two (score its training history, or train "
+                         "one per model)")
     adapter = ctx.model(inputs["model"])
     sae = load(art)
     prompts = Prompts.of(inputs["corpus"])

@@ -1,11 +1,12 @@
-"""`train sae|transcoder|crosscoder`: dictionary learning on the activation store, in cached,
+"""`train sae|transcoder`: dictionary learning on the activation store, in cached,
 resumable checkpoints.
 
     sae = train sae resid_post in layer 1 of m over web width=1024 k=32 steps=2000
+    tcs = train transcoder in all layers of m over web           # one per layer (a sweep)
     l1  = train sae using relu in layer 1 of m over web l1=5 steps=2000
     jr  = train sae using jumprelu on acts width=64 l0=0.01      # a dataset of activations (planted)
     tc  = train transcoder in layer 1 of m over web              # resid_mid -> mlp_out
-    cc  = train crosscoder resid_post in all layers of m over web
+    cc  = train crosscoder resid_post in all layers of m over web   # stdlib/ops/train_crosscoder.py
 
 The statement plans the activation store's shards (`stdlib/activations`: one cached node per
 shard of the corpus at the site, shared with every other statement on that site), then a chain of
@@ -18,7 +19,9 @@ Architectures (`using ...` or the bare word): relu (L1 on f * ||d_f||, Anthropic
 plain L1 with unit-norm decoder rows: decoder_norm=unit), topk, batchtopk, jumprelu (L0 penalty
 through straight-through estimators). Dead features: AuxK (topk, batchtopk) or resampling (relu,
 jumprelu) by default (`dead=`). A transcoder reads `site` (default resid_mid) and writes `target`
-(default mlp_out) of one layer; a crosscoder reads and writes the site at every listed layer.
+(default mlp_out) of one layer; a crosscoder reads and writes the site at every listed layer (its
+statement is `train_crosscoder`'s). Several layers for an SAE or a transcoder make a sweep: one
+dictionary (one checkpoint chain) per layer, which `attribute features` reads as a set.
 
 The artifact (the last checkpoint): the dictionary on raw activations (tensors W_enc [d_in, F],
 b_enc, W_dec [F, d_out], b_dec, threshold or log_threshold) plus the training state (`state.*`);
@@ -55,7 +58,7 @@ PARAMS = (
     Param("site", str, None, choices=SITE_WORDS, doc="the site read (and written): resid_post for an SAE or "
           "crosscoder, resid_mid for a transcoder"),
     Param("target", str, None, choices=SITE_WORDS, doc="a transcoder's output site (default mlp_out)"),
-    Param("layers", spec.LAYERS, None, doc="the layer (a crosscoder: the layers)"),
+    Param("layers", spec.LAYERS, None, sweepable=True, doc="the layer (several: one dictionary per layer)"),
     Param("model", spec.MODEL, None),
     Param("corpus", spec.CORPUS, None, doc="the text whose activations train it (`over CORPUS`)"),
     Param("dataset", spec.DATASET, None, doc="or a dataset of activations (`on acts`, e.g. planted)"),
@@ -181,11 +184,16 @@ def plan(params: dict, b: Any) -> Any:
         inputs.update(model=p["model"], corpus=p["corpus"])
     else:
         inputs["dataset"] = p["dataset"]
-    fixed = {k: v for k, v in p.items() if k not in ("model", "corpus", "dataset")}
+    return chain("train_dictionary", p, inputs, b)
+
+
+def chain(op: str, p: Mapping[str, Any], inputs: Mapping[str, Any], b: Any) -> Any:
+    """The checkpoint nodes of `op` over `inputs` (shards, model, corpus ...); the last one."""
+    fixed = {k: v for k, v in p.items() if k not in ("model", "corpus", "dataset", *inputs)}
     node = None
     for a, z in schedule(int(p["steps"]), int(p["checkpoint"])):
         extra = {"resume": node} if node is not None else {}
-        node = b.node("train_dictionary", {**fixed, **inputs, **extra, "start": a, "stop": z})
+        node = b.node(op, {**fixed, **inputs, **extra, "start": a, "stop": z})
     return node
 
 
@@ -197,12 +205,12 @@ def _layout(p: Mapping[str, Any]) -> Layout:
     "train_dictionary",
     version=1,
     verb="train",
-    components=KINDS_OF,
+    components=("sae", "transcoder"),
     params=PARAMS,
     plan=plan,
     validate=validate,
     output="table",
-    default_chart="line",
+    default_chart="loss_curve",
     doc=__doc__.split("\n\n")[0],
     example="dataset acts = planted(features=32, d=16)\n"
             "sae = train sae using topk on acts width=64 k=4 steps=100 checkpoint=50",
@@ -234,7 +242,7 @@ def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
         "site": store.names, "target": p["target"], "layers": list(p["layers"] or []),
         "steps": state.step, "segment": [start, state.step], "tokens_seen": state.step * hp.batch,
         "store_tokens": store.n, "final": last,
-        "chart": {"x": "step", "y": "fvu", "table": "history"},
+        "chart": {"title": "Training curves (on the training batches)"},
         "convention": "history rows average the training batches since the previous row; fvu = "
                       "||y - y^||^2 / ||y - mean y||^2 per batch; l0 = active features per token",
         "headline": [{"label": "FVU (training batches)", "value": last.get("fvu")},
