@@ -18,9 +18,9 @@ from mechstudy.stdlib.zoo.corpus import sentiment_pair_held_out
 def mini_tok():
     from transformers import AutoTokenizer
 
-    from mechstudy.stdlib.zoo import model_dir
+    from mechstudy.stdlib.zoo import MODELS_DIR
 
-    return AutoTokenizer.from_pretrained(model_dir("mini"), local_files_only=True)
+    return AutoTokenizer.from_pretrained((MODELS_DIR / "mini"), local_files_only=True)
 
 
 def test_sentiment_rows_are_labelled_contrast_pairs(mini_tok):

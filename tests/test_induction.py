@@ -50,9 +50,9 @@ def test_attn2_has_four_induction_heads_and_a_previous_token_head():
     from mechstudy.engine.spec import Artifact
     from mechstudy.stdlib.datasets.induction import generate
     from mechstudy.stdlib.models.base import load_adapter
-    from mechstudy.stdlib.zoo import model_dir
+    from mechstudy.stdlib.zoo import MODELS_DIR
 
-    path = model_dir("attn2")
+    path = MODELS_DIR / "attn2"
     art = Artifact(data={"source": "zoo", "ref": "attn2", "options": {"dtype": "float32"}, "path": str(path),
                          "fingerprint": model_fingerprint(path), "libs": {}})
     adapter = load_adapter(path)

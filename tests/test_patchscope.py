@@ -84,9 +84,9 @@ def test_on_mini_fact_states_decode_to_their_answers():
     from mechstudy.engine.spec import Artifact
     from mechstudy.stdlib.datasets.facts import generate as facts
     from mechstudy.stdlib.models.base import load_adapter
-    from mechstudy.stdlib.zoo import model_dir
+    from mechstudy.stdlib.zoo import MODELS_DIR
 
-    path = model_dir("mini")
+    path = MODELS_DIR / "mini"
     art = Artifact(data={"source": "zoo", "ref": "mini", "options": {"dtype": "float32"}, "path": str(path),
                          "fingerprint": model_fingerprint(path), "libs": {}})
     f = facts(load_adapter(path).tokenizer, n=12, seed=3)

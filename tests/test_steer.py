@@ -127,9 +127,9 @@ def test_steering_mini_toward_positive_flips_held_out_negative_sentences():
     from mechstudy.engine.fingerprint import model_fingerprint
     from mechstudy.stdlib.datasets.sentiment import generate
     from mechstudy.stdlib.models.base import load_adapter
-    from mechstudy.stdlib.zoo import model_dir
+    from mechstudy.stdlib.zoo import MODELS_DIR
 
-    path = model_dir("mini")
+    path = MODELS_DIR / "mini"
     art = Artifact(data={"source": "zoo", "ref": "mini", "options": {"dtype": "float32"}, "path": str(path),
                          "fingerprint": model_fingerprint(path), "libs": {}})
     tok = load_adapter(path).tokenizer

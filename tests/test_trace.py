@@ -116,9 +116,9 @@ def test_operator_tables_are_means_of_the_per_prompt_effects(circuit_models):
 def test_recall_marks_whole_subjects():
     from mechstudy.stdlib.datasets.recall import generate
     from mechstudy.stdlib.models.base import load_adapter
-    from mechstudy.stdlib.zoo import model_dir
+    from mechstudy.stdlib.zoo import MODELS_DIR
 
-    tok = load_adapter(model_dir("mini")).tokenizer
+    tok = load_adapter(MODELS_DIR / "mini").tokenizer
     art = generate(tok, n=40, seed=0, relation="landmark")
     t = art.tensors
     for i, r in enumerate(art.tables["prompts"].to_dicts()):
