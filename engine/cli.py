@@ -53,7 +53,8 @@ class _Refused(Exception):
 
 
 def _cache_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache", default=None, help="store directory (default: $MECHSTUDY_CACHE, then ./cache)")
+    p.add_argument("--cache", default=None, help="store directory, or object storage: s3://bucket/prefix "
+                   "(default: $MECHSTUDY_CACHE, then ./cache)")
 
 
 def _pack_limit_arg(p: argparse.ArgumentParser) -> None:
@@ -484,9 +485,9 @@ def _cache_cmds(args: argparse.Namespace) -> int:
     from mechstudy.engine import cachetools
     from mechstudy.engine.store import Store
 
-    root = Path(args.cache) if args.cache else None
-    store = Store(root, create=False)
-    if not store.root.is_dir():
+    store = Store(args.cache or None, create=False)
+    remote = getattr(store, "url", None)  # object storage: ls/du/gc act on this machine's mirror
+    if remote is None and not store.root.is_dir():
         raise _Refused(f"{store.root}: no such cache directory")
     if args.cache_cmd == "ls":
         sys.stdout.write(cachetools.ls(store))
@@ -500,12 +501,19 @@ def _cache_cmds(args: argparse.Namespace) -> int:
             missing = [k for k in args.keep if not Path(k).is_file()]
             if missing:
                 raise _Refused(f"--keep {missing[0]}: no such study file")
-        r = cachetools.gc(store, keep=args.keep, older_than_days=args.older_than, dry_run=args.dry_run)
+        r = cachetools.gc(store, keep=args.keep, older_than_days=args.older_than, dry_run=args.dry_run) \
+            if store.root.is_dir() else cachetools.GcResult([], [], 0, 0)
+        if remote is not None and not args.dry_run:
+            print(f"removed {store.collect_uploads()} uncommitted uploads from {remote}")
         verb = "would remove" if args.dry_run else "removed"
         print(f"{verb} {len(r.removed)} entries and {len(r.packs)} imported packs ({cachetools.human(r.freed)})"
               + (f"; {r.tmp} stale temp dirs" if r.tmp else ""))
         return OK
-    n, problems = cachetools.verify_all(store, remove=args.remove)
+    if remote is not None:
+        store.writable = args.remove
+        n, problems = cachetools.verify_remote(store, remove=args.remove)
+    else:
+        n, problems = cachetools.verify_all(store, remove=args.remove)
     for p in problems:
         print(p)
     print(f"{n} entries checked, {len(problems)} damaged" + (" (removed)" if problems and args.remove else ""))

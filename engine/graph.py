@@ -13,6 +13,7 @@ after the request is not committed either: an interrupted node never enters the 
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import traceback
@@ -23,7 +24,7 @@ from dask.task_spec import Task, TaskRef
 
 from mechstudy.engine import nodeprogress
 from mechstudy.engine import spec
-from mechstudy.engine.context import Context
+from mechstudy.engine.context import Context, device_type
 from mechstudy.engine.plan import Node, walk
 from mechstudy.engine.nodeprogress import Interrupted
 from mechstudy.engine.store import CorruptEntry, Store, StoreAddress
@@ -90,7 +91,14 @@ def execute_node(node: Node, module: str, store: StoreAddress, device: str, max_
         s = spec.OPS[node.op]
         inputs = {}
         for name, child in node.inputs:
-            inputs[name] = st.get(child.key)
+            try:
+                inputs[name] = st.get(child.key)
+            except CorruptEntry as e:
+                # Found damaged on read (an object store checks checksums when it copies an entry):
+                # dropped, so the next run recomputes it.
+                st.discard(child.key)
+                raise OpFailed(node, f"input {name} ({child.dask_key}) is damaged ({e}); it was discarded: "
+                               "run again to recompute it", "") from None
             st.mark_used(child.key)
         ctx = Context(device=device, max_rows=max_rows, key=node.key, op=node.op)
         # Every declared parameter reaches run, keyed (params) or not (settings), defaults filled in.
@@ -169,6 +177,16 @@ def prepare_imports() -> None:
             src.prepare()
 
 
+def node_resources(node: Node, device: str) -> dict[str, float]:
+    """The Dask worker resources a task declares: a model-bound node on a GPU needs `GPU: 1`, so
+    a dask.distributed scheduler runs at most one per GPU a worker offers (`dask worker
+    --resources GPU=1`); on a CPU nothing (a worker process's threads are its cores). In one
+    process model-bound nodes also take a per-device lock (`_device_lock`)."""
+    if spec.OPS[node.op].uses_model and device_type(device) == "cuda":
+        return {"GPU": 1}
+    return {}
+
+
 def to_dask(nodes: list[Node], store: StoreAddress, device: str, max_rows: int | None) -> dict[str, Task]:
     keys = {n.key for n in nodes}
     graph: dict[str, Task] = {}
@@ -220,7 +238,8 @@ def run_nodes(
         with Callback(posttask=posttask):
             results = _interruptible(lambda: dask.threaded.get(graph, keys, pool=_pool()))
     else:
-        results = _distributed_get(graph, keys, scheduler)
+        resources = {n.dask_key: r for n in nodes if (r := node_resources(n, device))}
+        results = _distributed_get(graph, keys, scheduler, resources)
     return {o.key: o for o in results}
 
 
@@ -270,13 +289,57 @@ def _interruptible(fn: Callable[[], Any]) -> Any:
     return box["value"]
 
 
-def _distributed_get(graph: dict, keys: list[str], scheduler: str) -> list[Outcome]:
-    from distributed import Client, LocalCluster
+def _distributed_get(graph: dict, keys: list[str], scheduler: str, resources: dict[str, dict[str, float]]) -> list[Outcome]:
+    """Run the graph on dask.distributed: "local:N" starts a LocalCluster of N worker processes
+    here (on a GPU machine the first min(N, GPUs) of them offer `GPU=1`); otherwise `scheduler`
+    is the address of a running scheduler. Tasks that declare resources (`node_resources`) run
+    only on workers that offer them; a cluster where none does is refused up front rather than
+    left waiting."""
+    from distributed import Client
 
     if scheduler.startswith("local:"):
         n = int(scheduler.split(":", 1)[1])
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-            with Client(cluster) as client:
-                return client.get(graph, keys)
+        gpus = 0
+        if resources:
+            import torch
+
+            gpus = min(n, torch.cuda.device_count())
+        with local_cluster(n, gpus=gpus) as cluster, Client(cluster) as client:
+            return _submit(client, graph, keys, resources)
     with Client(scheduler) as client:
+        return _submit(client, graph, keys, resources)
+
+
+def local_cluster(n: int, *, gpus: int = 0) -> Any:
+    """A LocalCluster of `n` single-threaded worker processes, the first `gpus` of which offer the
+    resource `GPU=1` (each worker process's torch runs one thread: see engine/context.py)."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True, dashboard_address=None)
+    for i in range(n):
+        w = copy.deepcopy(cluster.new_spec)
+        if i < gpus:
+            w["options"]["resources"] = {"GPU": 1}
+        cluster.worker_spec[f"mechstudy-{i}"] = w
+    cluster.sync(cluster._correct_state)
+    return cluster
+
+
+def _submit(client: Any, graph: dict, keys: list[str], resources: dict[str, dict[str, float]]) -> list[Outcome]:
+    if not resources:
         return client.get(graph, keys)
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    client.wait_for_workers(1, timeout=60)
+    offered: dict[str, float] = {}
+    for w in client.scheduler_info(n_workers=-1)["workers"].values():
+        for r, amount in (w.get("resources") or {}).items():
+            offered[r] = max(offered.get(r, 0), amount)
+    for key, want in resources.items():
+        for r, amount in want.items():
+            if offered.get(r, 0) < amount:
+                raise RuntimeError(f"task {key} needs the worker resource {r}={amount:g}, and no worker of the "
+                                   f"cluster offers it: start GPU workers with `dask worker ADDRESS --resources {r}=1`")
+    # One layer; its annotation gives each model-bound task its resources (the others none).
+    layer = MaterializedLayer(graph, annotations={"resources": lambda k: resources.get(k, {})})
+    return client.get(HighLevelGraph({"mechstudy": layer}, {"mechstudy": set()}), keys)

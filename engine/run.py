@@ -145,7 +145,7 @@ def run_study(
         from mechstudy.engine.results import build_report
 
         out = Path(out_dir) if out_dir else Path("out") / Path(path).stem
-        info = {"study": str(path), "seconds": res.seconds, "device": device or auto_device(), "cache": str(store.root)}
+        info = {"study": str(path), "seconds": res.seconds, "device": device or auto_device(), "cache": str(getattr(store, "url", store.root))}
         res.report = build_report(plan, store, outcomes, out / "report.html", res.lock, info)
     if not packs and all(o.status in ("computed", "cached") for o in outcomes.values()):
         from mechstudy.engine.warm import remember

@@ -22,6 +22,11 @@ SIGKILL leaves either a whole entry or none. Every read checks sizes and checksu
 files against the manifest; a mismatch is reported and the entry is treated as missing (and
 recomputed). Nothing is ever pickled.
 
+The same interface has a second backend, object storage (`--cache s3://bucket/prefix`,
+engine/objectstore.py): entries there, verified copies in a local mirror laid out as above, with
+atomic commits (a conditional PUT of the manifest, last) and per-key leases instead of renames
+and fcntl locks.
+
 A store opened with `create=False` (the read-only verbs: explain, show, why, check) never creates
 a directory or a file.
 """
@@ -52,8 +57,15 @@ class CorruptEntry(Exception):
     """A payload file is missing, truncated or does not match its checksum."""
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("MECHSTUDY_CACHE") or "cache")
+def default_root() -> Path | str:
+    """$MECHSTUDY_CACHE (a directory or an object-storage URL, engine/objectstore.py), else ./cache."""
+    root = os.environ.get("MECHSTUDY_CACHE") or "cache"
+    return root if is_url(root) else Path(root)
+
+
+def is_url(root: Any) -> bool:
+    """Whether a --cache value names object storage (an fsspec URL such as s3://bucket/prefix)."""
+    return isinstance(root, str) and "://" in root and not root.startswith("file://")
 
 
 def checksum(path: Path) -> str:
@@ -115,19 +127,42 @@ class Overlay:
 
 @dataclass(frozen=True)
 class StoreAddress:
-    """What a task needs to reopen the same store view in another thread or process."""
+    """What a task needs to reopen the same store view in another thread or process: a directory
+    or an object-storage URL; for a URL, the opener's mirror (used in the same process tree; a
+    dask.distributed worker keeps its own, see engine/objectstore.py)."""
 
     root: str
     overlays: tuple[Overlay, ...] = ()
+    mirror: str | None = None
 
     def open(self) -> "Store":
+        if is_url(self.root):
+            from mechstudy.engine.objectstore import ObjectStore, on_dask_worker
+
+            mirror = None if on_dask_worker() else self.mirror
+            return ObjectStore(self.root, overlays=self.overlays, mirror=mirror)
         return Store(self.root, overlays=self.overlays)
 
 
 class Store:
+    """The store interface, with its local backend: a directory (this class). `Store(URL)` with
+    an fsspec URL (`s3://bucket/prefix`) opens the object-storage backend instead
+    (engine/objectstore.py's ObjectStore, a subclass: same methods, same guarantees)."""
+
+    def __new__(cls, root: str | os.PathLike | None = None, *args: Any, **kw: Any) -> "Store":
+        if cls is Store and is_url(root if root is not None else default_root()):
+            from mechstudy.engine.objectstore import ObjectStore
+
+            cls = ObjectStore
+        return super().__new__(cls)
+
     def __init__(self, root: str | os.PathLike | None = None, *, create: bool = True,
                  overlays: tuple[Overlay, ...] | list[Overlay] = ()) -> None:
-        self.root = Path(root) if root is not None else default_root()
+        if root is None:
+            root = default_root()
+        if is_url(root) and type(self) is Store:
+            raise ValueError(f"{root}: open it as Store({root!r})")
+        self.root = Path(root)
         self.writable = create
         self.overlays: list[Overlay] = list(overlays)
         if create:
@@ -207,8 +242,17 @@ class Store:
     # ---- write --------------------------------------------------------------------------
     def put(self, key: str, artifact: Artifact, manifest: dict[str, Any]) -> Entry:
         """Write an artifact atomically: temp dir, fsync, rename."""
-        final = self.local_path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp, manifest = self.stage(key, artifact, manifest)
+        try:
+            final = self.install(key, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Entry(key, final, manifest)
+
+    def stage(self, key: str, artifact: Artifact, manifest: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        """Write an entry's payload and manifest (last) into a fresh temp dir, fsynced; returns it
+        and the manifest. Nothing is visible to readers until `install` renames it into place."""
         tmp = self.tmpdir(key[:16])
         try:
             files = _write_payload(tmp, artifact)
@@ -219,20 +263,23 @@ class Store:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "files": {name: _file_record(tmp / name) for name in files},
             }
-            with open(tmp / MANIFEST, "w") as f:
-                json.dump(manifest, f, indent=1, sort_keys=True, default=str)
-                f.flush()
-                os.fsync(f.fileno())
+            write_manifest(tmp, manifest)
             for name in files:
                 with open(tmp / name, "rb") as f:
                     os.fsync(f.fileno())
-            if final.exists():  # a stale or corrupt entry being replaced
-                shutil.rmtree(final)
-            os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Entry(key, final, manifest)
+        return tmp, manifest
+
+    def install(self, key: str, tmp: Path) -> Path:
+        """Rename a staged entry directory into objects/ (replacing a stale or corrupt one)."""
+        final = self.local_path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # a stale or corrupt entry being replaced
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        return final
 
     def adopt(self, key: str, directory: Path) -> bool:
         """Move a whole, verified entry directory (in this store's tmp/) into objects/.
@@ -391,6 +438,14 @@ def verify_dir(key: str, d: Path, m: dict[str, Any]) -> None:
             raise CorruptEntry(f"{key[:16]}: {name} has {p.stat().st_size} bytes, manifest says {meta['bytes']}")
         if checksum(p) != meta["xxh3_128"]:
             raise CorruptEntry(f"{key[:16]}: {name} does not match its checksum")
+
+
+def write_manifest(d: Path, manifest: dict[str, Any]) -> None:
+    """Write an entry directory's manifest.json (fsynced): the last file of an entry."""
+    with open(d / MANIFEST, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _write_payload(d: Path, a: Artifact) -> list[str]:

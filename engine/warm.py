@@ -160,8 +160,7 @@ def warm_run(study: str | Path, *, cache: str | Path | None = None, out_dir: str
     t0 = time.perf_counter()
     if not Path(study).is_file():
         return None
-    root = Path(cache) if cache is not None else None
-    store = Store(root) if root is not None else Store()
+    store = Store(str(cache)) if cache is not None else Store()  # a directory, or a URL (its mirror)
     memo_file = _memo_path(store.root, Path(study), _out_dir(study, out_dir))
     try:
         memo = json.loads(memo_file.read_text())

@@ -63,3 +63,12 @@ if "t_loop" not in spec.OPS:
             ctx.progress(i, params["steps"], "steps")
             time.sleep(params["sleep"])
         return Artifact(data={"steps": params["steps"]})
+
+
+if "t_where" not in spec.OPS:
+
+    @spec.operator("t_where", version=1, params=[Param("tag", int), Param("seconds", float, 0.2)], uses_model=True)
+    def t_where(inputs, params, ctx):
+        """A model-bound node (no model): which process ran it."""
+        time.sleep(params["seconds"])
+        return Artifact(data={"pid": os.getpid(), "tag": params["tag"]})

@@ -124,3 +124,35 @@ def test_distributed_local_cluster_gives_same_results(tmp_path, monkeypatch):
     assert all(o.status == "computed" for o in out.values()) and len(out) == 3
     for n in (a, b):
         assert torch.equal(s1.get(n.key).tensors["x"], s2.get(n.key).tensors["x"])
+
+
+def test_model_bound_nodes_declare_a_gpu_only_on_cuda():
+    from mechstudy.engine.graph import node_resources
+
+    m, free = make_node("t_where", {"tag": 0}, {}), make_node("t_source", {"n": 2}, {})
+    assert node_resources(m, "cuda") == {"GPU": 1} and node_resources(m, "cuda:1") == {"GPU": 1}
+    assert node_resources(m, "cpu") == {} and node_resources(free, "cuda") == {}
+
+
+@pytest.mark.timeout(180)
+def test_model_bound_nodes_run_only_on_the_worker_that_offers_the_gpu(tmp_path, monkeypatch):
+    """A real cluster of two worker processes, one offering GPU=1: every model-bound node runs
+    there (the nodes only sleep: the device string is all that says cuda), one at a time."""
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    from mechstudy.engine.graph import local_cluster
+
+    monkeypatch.setenv("PYTHONPATH", str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nodes = [make_node("t_where", {"tag": i}, {}) for i in range(6)]
+    store = Store(tmp_path)
+    with local_cluster(2, gpus=1) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        pids = client.run(os.getpid)
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        gpu = {pids[a] for a, w in info.items() if w.get("resources", {}).get("GPU")}
+        out = run_nodes(nodes, store, device="cuda", scheduler=cluster.scheduler_address)
+        assert all(o.status == "computed" for o in out.values())
+        assert len(gpu) == 1 and len(set(pids.values())) == 2
+        ran = {store.get(n.key).data["pid"] for n in nodes}
+        assert ran == gpu  # without the resource the scheduler spreads six 0.2 s tasks over both
