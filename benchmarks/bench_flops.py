@@ -1,6 +1,6 @@
 """Achieved FLOP/s of forwards and sweeps against the machine's measured matrix-product FLOP/s.
 
-    python benchmarks/bench_flops.py [--repeat 3]
+    python benchmarks/bench_flops.py [--repeat 2]
 
 One thread. The machine: single-precision matrix products of the shapes a GPT-2-small forward
 multiplies (tokens x 768 by 768 x 3072). The work: a plain HF forward of the GPT-2-small-shaped
@@ -31,7 +31,7 @@ def counted(fn) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args(argv if argv is not None else [])
     threads(1)
     import torch

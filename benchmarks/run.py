@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # every benchmark (make bench), then BENCHMARKS.md
     python benchmarks/run.py sweeps flops    # some of them (names are substrings of bench_*.py)
     python benchmarks/run.py --no-write      # print only
+    python benchmarks/run.py sweeps --write  # some of them, and BENCHMARKS.md says which were not run
     python benchmarks/run.py --gpu-quick     # the GPU check: one short command on a CUDA machine
 
 Every benchmark runs in its own process with one torch thread (OMP_NUM_THREADS=1,
@@ -119,8 +120,12 @@ def main(argv: list[str]) -> int:
     from common import machine, threads
 
     threads(1)
+    skipped = [f.stem for f in sorted(HERE.glob("bench_*.py")) if f not in files]
+    if skipped:
+        sections.append("## Not run in this pass\n\n" + ", ".join(f"`{s}`" for s in skipped)
+                        + ": `make bench` runs every benchmark.")
     text = "\n\n".join([header(machine(), tl_note), *sections] + ([HISTORY.read_text().strip()] if HISTORY.is_file() else []))
-    if write and not names:
+    if write and (not names or "--write" in argv):
         (ROOT / "BENCHMARKS.md").write_text(text + "\n")
         print(f"wrote {ROOT / 'BENCHMARKS.md'}")
     elif write:
