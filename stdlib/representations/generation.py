@@ -40,7 +40,7 @@ def sample_next(logits: torch.Tensor, gens: Sequence[torch.Generator | None], te
 
 def generate(adapter: Any, prompt: Sequence[int], steps: int, seeds: Sequence[int | None],
              edits: Callable[[int], list] = lambda width: [], temperature: float = 1.0, top_k: int = 0,
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             edits_at: Callable[[torch.Tensor], list] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Continue one prompt in len(seeds) rows for `steps` tokens.
 
     Args:
@@ -48,6 +48,8 @@ def generate(adapter: Any, prompt: Sequence[int], steps: int, seeds: Sequence[in
         seeds: per row, None for greedy decoding or an int seed for sampling.
         edits: width -> the adapter Edits for a [rows, width] forward (e.g. steering added to some
             rows at every position).
+        edits_at: or ids [rows, width] -> the Edits, for edits that depend on the tokens so far
+            (e.g. a dictionary feature clamped: stdlib/ops/clamp.py).
 
     Returns:
         (tokens [rows, steps] generated, first_logits [rows, V] the logits after the prompt).
@@ -57,6 +59,8 @@ def generate(adapter: Any, prompt: Sequence[int], steps: int, seeds: Sequence[in
     gens = [None if s is None else torch.Generator().manual_seed(int(s)) for s in seeds]
     first = None
     out = []
+    if edits_at is not None:
+        edits = lambda width: edits_at(ids)  # noqa: E731  (reads `ids` as it grows)
     with torch.no_grad():
         for _ in range(steps):
             w = ids.shape[1]
