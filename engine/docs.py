@@ -113,7 +113,21 @@ def models_listing() -> str:
             if "parameters" in data:
                 out.append(f"  parameters: {data['parameters']:,}")
             for k, v in data.get("behaviours", data).items():
-                out.append(f"  {k}: {_brief(v)}")
+                if k == "per_split" and isinstance(v, dict):
+                    from mechstudy.stdlib.zoo.card import split_lines
+
+                    out.append("  per dataset split (measured on the generators' own prompts):")
+                    out.extend(f"    {line}" for line in split_lines(v))
+                else:
+                    out.append(f"  {k}: {_brief(v)}")
+        splits = path / "splits.json"
+        if splits.is_file():
+            sp = json.loads(splits.read_text())
+            default = ", ".join(f"{task} {split}" for task, split in sp.get("evaluate_on", {}).items())
+            out.append(f"  datasets default to the split it never saw: {default}")
+            for key in ("templates", "words", "why_words_are_seen"):
+                if key in sp:
+                    out.append(f"  {key.replace('_', ' ')}: {sp[key]}")
         out.append("")
     return "\n".join(out).rstrip()
 

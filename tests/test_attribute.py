@@ -234,6 +234,6 @@ def test_atp_ranks_heads_like_activation_patching_on_zoo_mini(tmp_path):
                      "versus_gt = compare atp_gt with heads_gt\n")
     res = run_study(study, cache=tmp_path / "cache", device="cpu", report=False)
     store = Store(tmp_path / "cache")
-    for name in ("versus", "versus_gt"):  # measured: Spearman 0.993 (IOI), 1.000 (Greater-Than)
+    for name in ("versus", "versus_gt"):  # measured on prompts mini never read: Spearman 0.993 (IOI), 0.993 (Greater-Than)
         out = store.get(res.plan.results[name].nodes[0].key)
         assert out.data["n"] == 12 and out.data["spearman"] >= 0.7, (name, out.data)

@@ -124,3 +124,45 @@ def test_text_and_parquet_corpora_run_and_a_lens_reads_text(stdlib_loaded, tiny_
     assert text.data["rows"] == 4 and text.data["tokens"] == 24
     lw = store.get(res.plan.results["lw"].nodes[0].key).tables["result"]
     assert lw["kl"][-1] < 1e-6 and lw["kl"][0] > 0 and "answer_prob" not in lw.columns  # text has no answers
+
+
+def test_zoo_corpus_streams_the_training_text_and_held_out_text_never_in_it(stdlib_loaded, tmp_path, monkeypatch):
+    """`corpus c = zoo "mini" split=train|heldout`: the train rows are mini's own training documents
+    (the recipe's code, in its order) tokenised by the reader; every held-out document is absent from
+    the training documents, is drawn by the same recipe, and the stream is the same on every run."""
+    import itertools
+
+    from transformers import AutoTokenizer
+
+    from mechstudy.engine.run import run_study
+    from mechstudy.engine.store import Store
+    from mechstudy.stdlib.datasets.corpus import pack
+    from mechstudy.stdlib.zoo import corpus as zc, model_dir
+
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "z.study"
+    study.write_text('model m = zoo "mini"\n'
+                     'corpus seen = zoo "mini" split=train tokens=512 context=64\n'
+                     'corpus held = zoo "mini" split=heldout tokens=512 context=64\n'
+                     "ls = lens resid_post in all layers of m on seen at all positions\n"
+                     "lh = lens resid_post in all layers of m on held at all positions\n")
+    res = run_study(study, cache=tmp_path / "cache", device="cpu", report=False)
+    store = Store(tmp_path / "cache")
+    got = {store.get(n.key).data["split"]: store.get(n.key) for n in res.plan.nodes() if n.op == "dataset"}
+    tok = AutoTokenizer.from_pretrained(model_dir("mini"))
+    train_docs = zc.training_documents("mini", 0)
+    expected = pack(iter(train_docs), tok, 64, 512)
+    assert torch.equal(torch.as_tensor(got["train"].tensors["input_ids"]), expected["input_ids"])
+    assert got["train"].data["rows"] == 8 and got["heldout"].data["rows"] == 8
+    held = list(itertools.islice(zc.heldout_documents("mini", 0), 3000))
+    seen = {d.strip() for d in train_docs}
+    assert not [d for d in held if d.strip() in seen]
+    assert held == list(itertools.islice(zc.heldout_documents("mini", 0), 3000))  # deterministic
+    assert sum(" gave " in d for d in held) > 800 and sum(" lasted from " in d for d in held) > 100  # same recipe
+    assert torch.equal(torch.as_tensor(got["heldout"].tensors["input_ids"]), pack(iter(held), tok, 64, 512)["input_ids"])
+    # an operator reads the zoo corpus as text (the last layer decodes to the model itself)
+    ls = store.get(res.plan.results["ls"].nodes[0].key).tables["result"]
+    assert ls["kl"][-1] < 1e-6
+    with pytest.raises(StudyErrors) as e:
+        check('model m = zoo "mini"\ncorpus c = zoo "attn2" tokens=64 context=8\n', "z.study")
+    assert "zoo model 'attn2' has no text corpus" in e.value.render() and "^" in e.value.render()

@@ -172,6 +172,33 @@ def test_high_sparsity_pentagon(pentagon):
     feats = pentagon.tables["features"].filter(pl.col("model") == k)
     assert feats["dimensionality"].to_list() == pytest.approx([0.4] * 5, abs=0.03)
     assert set(feats["status"]) == {"superposition"}
+    # trained features are longer than 1: m / ||W||_F^2 is ~1/3, the normalised count is 2/5
+    row = pentagon.tables["result"].filter(pl.col("model") == k)
+    norms = W.norm(dim=0)
+    assert row["arrangement"][0] == "pentagon" and row["represented"][0] == 5
+    assert row["dims_per_unit_feature"][0] == pytest.approx(0.4, abs=1e-6)
+    assert row["mean_norm"][0] == pytest.approx(float(norms.mean()), abs=1e-5) and row["mean_norm"][0] > 1.05
+    assert row["dims_per_feature"][0] == pytest.approx(2 / float(norms.square().sum()), rel=1e-4)
+    assert row["dims_per_feature"][0] < 0.36
+
+
+def test_arrangements_of_hand_built_features():
+    def polygon(k, n, r=1.0):
+        a = torch.arange(k) * 2 * torch.pi / k
+        W = torch.zeros(2, n)
+        W[0, :k], W[1, :k] = r * torch.cos(a), r * torch.sin(a)
+        return W
+
+    W = torch.stack([polygon(5, 5, 1.1), polygon(4, 5), polygon(2, 5), polygon(3, 5), torch.zeros(2, 5)])
+    W[3, :, 0] *= 0.9  # a shorter (still represented) feature keeps its angle: still regular
+    bent = polygon(5, 5).clone()
+    bent[:, 0] = torch.tensor([1.0, 0.3])  # one vertex moved by ~17 degrees
+    W = torch.cat([W, bent[None]])
+    assert measure.arrangement(W) == ["pentagon", "two antipodal pairs", "antipodal pair", "regular 3-gon",
+                                      "none", "irregular"]
+    assert measure.dims_per_unit_feature(W)[:4].tolist() == pytest.approx([0.4, 0.5, 1.0, 2 / 3])
+    assert float(measure.dims_per_feature(W[:1])[0]) == pytest.approx(2 / (5 * 1.21), rel=1e-5)
+    assert measure.arrangement(torch.zeros(1, 3, 4)) == [""]
 
 
 def test_dimensions_per_feature_sticky_at_one_and_one_half():

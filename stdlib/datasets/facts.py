@@ -12,6 +12,17 @@ metric and patching operator reads them unchanged: ``io_id`` is the clean prompt
 the corrupted prompt's, so ``logit_diff`` = logit(" Paris") - logit(" Rome") is positive when the
 model recalls the fact and negative on the corrupted prompt.
 
+Splits (``split=``; the partition is ``data/splits.json``, see `mechstudy.stdlib.datasets.splits`).
+A fact cannot be held out of training (a model cannot recall what it never read), but its phrasing
+can:
+
+- ``all`` and ``train``: every fact asked with its relation's ``template`` (above), one of the
+  sentence forms mini reads every fact in. ``all`` is the default for models without a ``splits.json``.
+- ``novel``: every fact asked in a phrasing no zoo model read ("The seat of the government of
+  France is in", "Tourists come to see the Eiffel Tower in"). The default for zoo models.
+
+There is no ``heldout`` split of facts.
+
 For the model's tokenizer a fact is kept only when its answer is one token with its leading space,
 its prompt contains no unknown token, and another subject of the same relation (with another
 answer) gives a corrupted prompt of the same length that differs from it in the subject only; so a
@@ -32,20 +43,34 @@ import torch
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.datasets import encode, pad_id_of, pad_right, reference, single_token, tokenizer_of
+from mechstudy.stdlib.datasets import splits as S
 
 RELATIONS = ("all", "capital", "landmark")
+SPLITS = ("train", "novel", "all")  # no heldout: a fact cannot be held out, only its phrasing
 
 
-def facts(relation: str = "all") -> list[dict[str, str]]:
-    """Every fact of `relation` ("all": every relation) as {relation, subject, answer, prompt}.
+def template_of(relation: str, split: str) -> str:
+    """The prompt template of `relation` in `split` (a {subject} slot)."""
+    if split not in SPLITS:
+        raise ValueError(f"facts: split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if split == "novel":
+        return S.partition("facts")["novel_templates"][relation]
+    return reference("facts")["relations"][relation]["template"]
+
+
+def facts(relation: str = "all", split: str = "all") -> list[dict[str, str]]:
+    """Every fact of `relation` ("all": every relation) as {relation, subject, answer, prompt} in `split`.
 
     >>> [f["prompt"] for f in facts("landmark") if f["subject"] == "Eiffel Tower"]
     ['The Eiffel Tower is in the city of']
+    >>> [f["prompt"] for f in facts("landmark", "novel") if f["subject"] == "Eiffel Tower"]
+    ['Tourists come to see the Eiffel Tower in']
     """
     out = []
     for rel, body in reference("facts")["relations"].items():
         if relation in ("all", rel):
-            out += [{"relation": rel, "subject": s, "answer": a, "prompt": body["template"].format(subject=s)}
+            template = template_of(rel, split)
+            out += [{"relation": rel, "subject": s, "answer": a, "prompt": template.format(subject=s)}
                     for s, a in body["facts"].items()]
     return out
 
@@ -59,11 +84,12 @@ def _aligned(a: list[int], b: list[int]) -> bool:
     return diff[-1] - diff[0] == len(diff) - 1 and diff[-1] < len(a) - 1
 
 
-def usable(tokenizer: Any, relation: str = "all", prepend_bos: bool | None = None) -> tuple[list[dict], dict]:
+def usable(tokenizer: Any, relation: str = "all", prepend_bos: bool | None = None,
+           split: str = "all") -> tuple[list[dict], dict]:
     """(facts kept for this tokenizer with their token ids, {fact index: indices of valid partners})."""
     unk = tokenizer.unk_token_id
     kept = []
-    for f in facts(relation):
+    for f in facts(relation, split):
         answer = single_token(tokenizer, " " + f["answer"])
         ids = encode(tokenizer, f["prompt"], prepend_bos)
         if answer is None or (unk is not None and unk in ids):
@@ -79,17 +105,17 @@ def usable(tokenizer: Any, relation: str = "all", prepend_bos: bool | None = Non
 
 
 def generate(tokenizer: Any, n: int = 48, seed: int = 0, relation: str = "all",
-             prepend_bos: bool | None = None) -> Artifact:
+             prepend_bos: bool | None = None, split: str = "all") -> Artifact:
     """Build `n` aligned clean/corrupted fact pairs with `tokenizer` (see the module docstring)."""
     if n < 1:
         raise ValueError("facts: n must be at least 1")
     if relation not in RELATIONS:
         raise ValueError(f"facts: relation must be one of {', '.join(RELATIONS)}; got {relation!r}")
-    kept, partners = usable(tokenizer, relation, prepend_bos)
+    kept, partners = usable(tokenizer, relation, prepend_bos, split)
     if not partners:
         raise ValueError(f"facts: no fact of relation {relation!r} has a single-token answer and an aligned "
                          f"corrupted subject for this tokenizer ({len(kept)} single-token answers of "
-                         f"{len(facts(relation))} facts)")
+                         f"{len(facts(relation, split))} facts of split {split})")
     rng = random.Random(seed)
     order: list[int] = []
     rows, clean_rows, corrupt_rows = [], [], []
@@ -99,7 +125,7 @@ def generate(tokenizer: Any, n: int = 48, seed: int = 0, relation: str = "all",
             rng.shuffle(order)
         i = order.pop()
         f, g = kept[i], kept[rng.choice(partners[i])]
-        rows.append({"relation": f["relation"], "clean": f["prompt"], "corrupted": g["prompt"],
+        rows.append({"relation": f["relation"], "split": split, "clean": f["prompt"], "corrupted": g["prompt"],
                      "subject": f["subject"], "answer": f["answer"], "corrupted_subject": g["subject"],
                      "corrupted_answer": g["answer"], "length": len(f["ids"]), "answer_pos": len(f["ids"]) - 1})
         clean_rows.append(f["ids"])
@@ -117,26 +143,35 @@ def generate(tokenizer: Any, n: int = 48, seed: int = 0, relation: str = "all",
         "io_id": torch.tensor([by_answer[r["answer"]] for r in rows], dtype=torch.long),
         "s_id": torch.tensor([by_answer[r["corrupted_answer"]] for r in rows], dtype=torch.long),
     }
-    data = {"n": n, "seed": seed, "relation": relation, "prepend_bos": prepend_bos, "padding": "right",
-            "pad_id": pad, "facts_used": len(partners), "facts_total": len(facts(relation)),
+    data = {"n": n, "seed": seed, "relation": relation, "split": split, "prepend_bos": prepend_bos,
+            "padding": "right", "pad_id": pad, "facts_used": len(partners), "facts_total": len(facts(relation, split)),
             "max_len": int(clean_ids.shape[1])}
     return Artifact(tensors=tensors, tables={"prompts": pl.DataFrame(rows)}, data=data)
 
 
 @spec.dataset(
     "facts",
-    version=1,
+    version=2,
     params=[
         Param("n", int, 48, minimum=1, ceiling=10_000, doc="number of clean/corrupted prompt pairs"),
         Param("seed", int, 0, minimum=0, doc="sampling seed"),
         Param("relation", str, "all", choices=RELATIONS,
               doc="capital (country -> capital), landmark (-> city), or all"),
         Param("prepend_bos", bool, None, doc="force a leading BOS on or off (default: the tokenizer's convention)"),
+        Param("split", str, None, choices=SPLITS,
+              doc="train | novel | all (default: novel for zoo models, from their splits.json; else all)"),
     ],
     provides=frozenset({"answers", "corrupted"}),
     needs_model=True,
 )
 def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
-    """Factual recall prompts ("The Eiffel Tower is in the city of" -> " Paris"), another subject corrupting each."""
-    tok = tokenizer_of(inputs["model"], ctx)
-    return generate(tok, **{k: params[k] for k in ("n", "seed", "relation", "prepend_bos") if k in params})
+    """Factual recall prompts ("The Eiffel Tower is in the city of" -> " Paris"), another subject corrupting each.
+
+    split: novel = a phrasing no zoo model read (the zoo default); train / all = the published
+    template, one of the forms mini reads every fact in.
+    """
+    model = inputs["model"]
+    split, why = S.resolve("facts", params.get("split"), model.data)
+    tok = tokenizer_of(model, ctx)
+    art = generate(tok, **{k: params[k] for k in ("n", "seed", "relation", "prepend_bos") if k in params}, split=split)
+    return Artifact(tensors=art.tensors, tables=art.tables, data={**art.data, "split_source": why})

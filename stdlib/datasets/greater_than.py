@@ -14,6 +14,18 @@ through 02..98 and its century is drawn among the valid ones; otherwise years ar
 Only nouns that are one token (with their leading space) are used, so every prompt has the same
 length and a position means the same word in all of them.
 
+Splits (``split=``; the partition is ``data/splits.json``, see `mechstudy.stdlib.datasets.splits`):
+
+- ``all``: the published task: form ``hanna`` (or ``acdc``), all 120 nouns. The default for models
+  without a ``splits.json`` (GPT-2 ...).
+- ``train``: a training form of the zoo model mini (``hanna`` and ``acdc`` are both: mini reads
+  those very sentences) with the nouns its Greater-Than sentences use (100 of 120).
+- ``heldout``: the same forms with the 20 nouns the mini recipe keeps out of its Greater-Than
+  sentences (index 5 mod 6; each still occurs elsewhere in its text, "The siege was long.").
+- ``novel``: a sentence form no zoo model read (default ``began``: "The {noun} began in the year
+  {year} and ended in the year {century}"; or ``started``) with those 20 nouns. The default for
+  zoo models. Years are not held out: mini read every start year in some century.
+
 Provides "years" and "corrupted": per prompt ``yy`` (the start year's last two digits) and
 ``yy_pos`` (the position of its token), and ``year_tokens`` [100], the token of f"{i:02d}" for
 i = 0..99, which is what the ``prob_diff`` metric reads:
@@ -31,13 +43,54 @@ import torch
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.datasets import encode, pad_id_of, pad_right, reference, single_token, tokenizer_of
+from mechstudy.stdlib.datasets import splits as S
 
 CENTURIES = range(11, 18)
-FORMS = {
-    "hanna": "hanna_clean_sentence",  # "The {noun} lasted from the year {year} to the year {century}"
-    "acdc": None,  # "The {noun} lasted from the year {year} to {century}"
-}
-_ACDC = "The {noun} lasted from the year {year} to {century}"
+_PART = S.partition("greater_than")
+PUBLISHED_FORMS: dict[str, str] = dict(_PART["train_forms"])  # hanna: Hanna et al.'s sentence; acdc: ACDC's
+NOVEL_FORMS: dict[str, str] = dict(_PART["novel_forms"])
+FORMS: dict[str, str] = {**PUBLISHED_FORMS, **NOVEL_FORMS}
+
+
+def forms_of(split: str) -> tuple[str, ...]:
+    """The form names `split` allows, its default first.
+
+    >>> forms_of("train"), forms_of("novel"), forms_of("all")[0]
+    (('hanna', 'acdc'), ('began', 'started'), 'hanna')
+    """
+    if split == "all":
+        return tuple(FORMS)
+    return tuple(NOVEL_FORMS) if split == "novel" else tuple(PUBLISHED_FORMS)
+
+
+def noun_held_out_of_mini(index: int) -> bool:
+    """Whether the noun at `index` of the published list is kept out of mini's Greater-Than sentences."""
+    return index % 6 == 5
+
+
+def split_nouns(split: str) -> list[str]:
+    """The nouns of `split`: every published noun for all, else mini's training or held-out ones.
+
+    >>> [len(split_nouns(s)) for s in ("all", "train", "heldout", "novel")]
+    [120, 100, 20, 20]
+    """
+    nouns = reference("greater_than")["NOUNS"]
+    if split == "all":
+        return nouns
+    held = split in ("heldout", "novel")
+    return [w for i, w in enumerate(nouns) if noun_held_out_of_mini(i) == held]
+
+
+def check_form(split: str | None, form: str | None) -> None:
+    """Refuse a form that is not one of `split`'s (split None: any form, checked when resolved)."""
+    if form is None:
+        return
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    if split is not None and form not in forms_of(split):
+        err = ValueError(f"form {form!r} is not a form of split {split} (its forms: {', '.join(forms_of(split))})")
+        err.option = "form"  # type: ignore[attr-defined]
+        raise err
 
 
 def year_tokens(tokenizer: Any) -> list[int]:
@@ -66,24 +119,26 @@ def valid_years(tokenizer: Any) -> list[int]:
 
 
 def sentence(form: str) -> str:
-    return _ACDC if form == "acdc" else reference("greater_than")[FORMS[form]]
+    """The prompt of a named form, with {noun}, {year} and {century} slots."""
+    return FORMS[form]
 
 
-def generate(tokenizer: Any, n: int = 64, seed: int = 0, balanced: bool = True, form: str = "hanna",
-             prepend_bos: bool | None = None) -> Artifact:
-    """`n` clean / "01"-corrupted Greater-Than prompts tokenised with `tokenizer` (see the module)."""
+def generate(tokenizer: Any, n: int = 64, seed: int = 0, balanced: bool = True, form: str | None = None,
+             prepend_bos: bool | None = None, split: str = "all") -> Artifact:
+    """`n` clean / "01"-corrupted Greater-Than prompts of `split` tokenised with `tokenizer` (see the module)."""
     if n < 1:
         raise ValueError("n must be at least 1")
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
-    ref = reference("greater_than")
+    if split not in S.SPLITS:
+        raise ValueError(f"split must be one of {', '.join(S.SPLITS)}; got {split!r}")
+    check_form(split, form)
+    form = form or forms_of(split)[0]
     tokens = year_tokens(tokenizer)
     years = valid_years(tokenizer)
     if not years:
         raise ValueError("no valid Greater-Than years for this tokenizer (' 1732' must split as ' 17' + '32')")
-    nouns = [w for w in ref["NOUNS"] if single_token(tokenizer, " " + w) is not None]
+    nouns = [w for w in split_nouns(split) if single_token(tokenizer, " " + w) is not None]
     if not nouns:
-        raise ValueError("none of the Greater-Than nouns is a single token for this tokenizer")
+        raise ValueError(f"none of the Greater-Than nouns of split {split} is a single token for this tokenizer")
     by_yy: dict[int, list[int]] = {}
     for y in years:
         by_yy.setdefault(y % 100, []).append(y)
@@ -123,28 +178,45 @@ def generate(tokenizer: Any, n: int = 64, seed: int = 0, balanced: bool = True, 
         "yy_pos": torch.tensor(yy_pos, dtype=torch.long),
         "year_tokens": torch.tensor(tokens, dtype=torch.long),
     }
-    data = {"n": n, "seed": seed, "balanced": balanced, "form": form, "prepend_bos": prepend_bos,
+    data = {"n": n, "seed": seed, "balanced": balanced, "form": form, "split": split, "prepend_bos": prepend_bos,
             "padding": "right", "pad_id": pad, "nouns_used": len(nouns), "valid_years": len(years),
             "max_len": int(clean_ids.shape[1])}
     return Artifact(tensors=tensors, tables={"prompts": pl.DataFrame(rows)}, data=data)
 
 
+def _prepare(params: dict) -> dict:
+    check_form(params.get("split"), params.get("form"))
+    return params
+
+
 @spec.dataset(
     "greater_than",
-    version=1,
+    version=2,
     params=[
         Param("n", int, 64, minimum=1, ceiling=10_000, doc="number of clean/corrupted prompt pairs"),
         Param("seed", int, 0, minimum=0, doc="sampling seed"),
         Param("balanced", bool, True, doc="cycle the start year's YY through 02..98 (Hanna et al.)"),
-        Param("form", str, "hanna", choices=tuple(FORMS),
-              doc='hanna: "... to the year 17"; acdc: "... to 17"'),
+        Param("form", str, None, choices=tuple(FORMS),
+              doc='the sentence (default: the split\'s first); published: hanna "... to the year 17", acdc '
+                  '"... to 17"; novel: began "... began in the year 1732 and ended in the year 17", started '
+                  '"... started in 1732 and was over by 17"'),
         Param("prepend_bos", bool, None, doc="force a leading BOS on or off (default: the tokenizer's convention)"),
+        Param("split", str, None, choices=S.SPLITS, doc=S.SPLIT_DOC),
     ],
     provides=frozenset({"years", "corrupted"}),
     needs_model=True,
+    prepare=_prepare,
 )
 def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """Greater-Than prompts ("The war lasted from the year 1732 to the year 17"), their "01"
-    corruptions, start years and the 100 year-suffix tokens, tokenised for the model."""
-    tok = tokenizer_of(inputs["model"], ctx)
-    return generate(tok, **{k: params[k] for k in ("n", "seed", "balanced", "form", "prepend_bos") if k in params})
+    corruptions, start years and the 100 year-suffix tokens, tokenised for the model.
+
+    split: novel = a sentence form no zoo model read (the zoo default), train / heldout = the
+    published forms with the nouns mini trains on / keeps out, all = the published task.
+    """
+    model = inputs["model"]
+    split, why = S.resolve("greater_than", params.get("split"), model.data)
+    tok = tokenizer_of(model, ctx)
+    art = generate(tok, **{k: params[k] for k in ("n", "seed", "balanced", "form", "prepend_bos") if k in params},
+                   split=split)
+    return Artifact(tensors=art.tensors, tables=art.tables, data={**art.data, "split_source": why})

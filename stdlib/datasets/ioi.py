@@ -12,6 +12,18 @@ needs (" John"), and a pair is kept only when its clean and corrupted prompts ha
 and differ in at most the three name slots (token for token aligned). Prompts of different lengths
 are right padded: `attention_mask` marks real tokens and `answer_pos[i]` is prompt i's last real
 token, where every metric reads. Fixing `template` makes positions mean the same in every prompt.
+
+Splits (``split=``; the partition is ``data/splits.json``, see `mechstudy.stdlib.datasets.splits`):
+
+- ``all``: the 15 published BABA templates and their ABBA mirrors (0-14 BABA, 15-29 ABBA). The
+  default for models without a ``splits.json`` (GPT-2 ...).
+- ``train``: the 12 published templates the zoo model mini trains on, and mirrors.
+- ``heldout``: the 3 published templates the mini recipe leaves out of its IOI sentences, and
+  mirrors; their telltale phrases occur in mini's filler text, so they are not novel.
+- ``novel``: 10 templates written for mechstudy that no zoo model read (no literal segment of 3+
+  words between slots occurs in its training text), and mirrors. The default for zoo models.
+
+Names, places and objects are the published lists in every split: mini read every one of them.
 """
 
 from __future__ import annotations
@@ -26,14 +38,42 @@ import torch
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.datasets import encode, pad_id_of, pad_right, reference, single_token, tokenizer_of
+from mechstudy.stdlib.datasets import splits as S
 
 _SLOT = re.compile(r"\[(A|B)\]")
 
 
-def templates() -> list[str]:
-    """BABA templates (indices 0-14), then their ABBA mirrors (15-29)."""
+def abba(template: str) -> str:
+    """The ABBA mirror of a BABA template: the first [B] and [A] swapped.
+
+    >>> abba("Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]")
+    'Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to [A]'
+    """
+    i, j = template.index("[B]"), template.index("[A]")
+    return template[:i] + "[A]" + template[i + 3 : j] + "[B]" + template[j + 3 :]
+
+
+def held_out_of_mini(template: str) -> bool:
+    """Whether a published template is one the mini recipe leaves out of its IOI sentences."""
+    return any(m in template for m in S.partition("ioi")["heldout_markers"])
+
+
+def templates(split: str = "all") -> list[str]:
+    """The BABA templates of `split`, then their ABBA mirrors (all: indices 0-14, then 15-29).
+
+    >>> [len(templates(s)) for s in ("all", "train", "heldout")]
+    [30, 24, 6]
+    """
     ref = reference("ioi")
-    return ref["BABA_TEMPLATES"] + ref["ABBA_TEMPLATES_derived"]
+    if split == "all":
+        return ref["BABA_TEMPLATES"] + ref["ABBA_TEMPLATES_derived"]
+    if split == "novel":
+        baba = list(S.partition("ioi")["novel_templates"])
+    elif split in ("train", "heldout"):
+        baba = [t for t in ref["BABA_TEMPLATES"] if held_out_of_mini(t) == (split == "heldout")]
+    else:
+        raise ValueError(f"ioi: split must be one of {', '.join(S.SPLITS)}; got {split!r}")
+    return baba + [abba(t) for t in baba]
 
 
 def _fill(body: str, names: list[str], place: str, obj: str) -> str:
@@ -44,12 +84,12 @@ def _fill(body: str, names: list[str], place: str, obj: str) -> str:
 
 
 def generate(tokenizer: Any, n: int = 64, seed: int = 0, template: int | None = None,
-             prepend_bos: bool | None = None) -> Artifact:
-    """Build `n` aligned clean/corrupted pairs with `tokenizer` (see the module docstring)."""
+             prepend_bos: bool | None = None, split: str = "all") -> Artifact:
+    """Build `n` aligned clean/corrupted pairs of `split` with `tokenizer` (see the module docstring)."""
     ref = reference("ioi")
-    temps = templates()
+    temps = templates(split)
     if template is not None and not 0 <= template < len(temps):
-        raise ValueError(f"template must be in 0..{len(temps) - 1}, got {template}")
+        raise ValueError(f"template must be in 0..{len(temps) - 1} (split {split}), got {template}")
     if n < 1:
         raise ValueError("n must be at least 1")
     ids_of = {nm: single_token(tokenizer, " " + nm) for nm in ref["NAMES"]}
@@ -96,24 +136,47 @@ def generate(tokenizer: Any, n: int = 64, seed: int = 0, template: int | None = 
         "io_id": torch.tensor([ids_of[r["io"]] for r in rows], dtype=torch.long),
         "s_id": torch.tensor([ids_of[r["s"]] for r in rows], dtype=torch.long),
     }
-    data = {"n": n, "seed": seed, "template": template, "prepend_bos": prepend_bos, "padding": "right",
-            "pad_id": pad, "names_used": len(names), "max_len": int(clean_ids.shape[1])}
+    data = {"n": n, "seed": seed, "template": template, "prepend_bos": prepend_bos, "split": split,
+            "padding": "right", "pad_id": pad, "names_used": len(names), "templates_in_split": len(temps),
+            "max_len": int(clean_ids.shape[1])}
     return Artifact(tensors=tensors, tables={"prompts": pl.DataFrame(rows)}, data=data)
+
+
+def _prepare(params: dict) -> dict:
+    """A template index beyond a declared split's templates is a check error."""
+    split, t = params.get("split"), params.get("template")
+    if split is not None and t is not None and t >= len(templates(split)):
+        err = ValueError(f"template must be in 0..{len(templates(split)) - 1} for split {split}, got {t}")
+        err.option = "template"  # type: ignore[attr-defined]
+        raise err
+    return params
 
 
 @spec.dataset(
     "ioi",
-    version=1,
+    version=2,
     params=[
         Param("n", int, 64, minimum=1, ceiling=10_000, doc="number of clean/corrupted prompt pairs"),
         Param("seed", int, 0, minimum=0, doc="sampling seed"),
-        Param("template", int, None, minimum=0, maximum=len(templates()) - 1, doc="fix one template: 0-14 BABA, 15-29 ABBA (same positions in every prompt)"),
+        Param("template", int, None, minimum=0, maximum=len(templates()) - 1,
+              doc="fix one template of the split (its BABA first, then their ABBA mirrors; all: 0-14 BABA, "
+                  "15-29 ABBA; train 0-23, heldout 0-5, novel 0-19); same positions in every prompt"),
         Param("prepend_bos", bool, None, doc="force a leading BOS on or off (default: the tokenizer's convention)"),
+        Param("split", str, None, choices=S.SPLITS, doc=S.SPLIT_DOC),
     ],
     provides=frozenset({"answers", "corrupted"}),
     needs_model=True,
+    prepare=_prepare,
 )
 def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
-    """IOI prompts (BABA/ABBA), ABC-corrupted prompts and IO/S answer tokens, tokenised for the model."""
-    tok = tokenizer_of(inputs["model"], ctx)
-    return generate(tok, **{k: params[k] for k in ("n", "seed", "template", "prepend_bos") if k in params})
+    """IOI prompts (BABA/ABBA), ABC-corrupted prompts and IO/S answer tokens, tokenised for the model.
+
+    split: novel = templates no zoo model read (the zoo default), train / heldout = the published
+    templates mini trains on / leaves out of its IOI sentences, all = the published templates (the
+    default for other models).
+    """
+    model = inputs["model"]
+    split, why = S.resolve("ioi", params.get("split"), model.data)
+    tok = tokenizer_of(model, ctx)
+    art = generate(tok, **{k: params[k] for k in ("n", "seed", "template", "prepend_bos") if k in params}, split=split)
+    return Artifact(tensors=art.tensors, tables=art.tables, data={**art.data, "split_source": why})

@@ -20,7 +20,9 @@ superposition) is decided mostly by its initialisation, hence `seeds` and the `b
 
 The artifact: tensors W [K, m, n], b [K, n], importance [K, n], sparsity [K], loss [K] and
 loss_history [K, 50]; table "result" (one row per model: loss, ||W||_F^2, dimensions per
-feature, features represented, best seed of its configuration) and table "features" (one row
+feature m / ||W||_F^2 and with normalised norms m / features represented, the represented
+features' mean norm, features represented, their arrangement for m = 2 (a pentagon ...), best seed
+of its configuration) and table "features" (one row
 per model and feature: norm, superposition, dimensionality D_i, bias, status, coordinates).
 """
 
@@ -90,7 +92,7 @@ def _check(p: dict, cfg: list[dict]) -> None:
 
 @spec.operator(
     "toy_superposition",
-    version=1,
+    version=2,
     params=PARAMS,
     verb="train",
     components=("toy",),
@@ -153,7 +155,10 @@ def tables(W: torch.Tensor, b: torch.Tensor, importance: torch.Tensor, cfg: list
         "loss": loss.tolist(),
         "frobenius": fro.tolist(),
         "dims_per_feature": (m / fro.clamp_min(1e-12)).tolist(),
+        "dims_per_unit_feature": measure.dims_per_unit_feature(W).tolist(),
+        "mean_norm": measure.mean_represented_norm(W).tolist(),
         "represented": represented.tolist(),
+        "arrangement": measure.arrangement(W),
     })
     status = measure.status(stats["norm"], stats["superposition"])
     coords = [W[:, d, :] if d < m else torch.zeros(K, n) for d in (0, 1)]

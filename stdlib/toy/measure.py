@@ -8,7 +8,10 @@ For columns v_i of a matrix V [K, m, c] (the features W_i, or hidden vectors h_t
   the fraction of a dimension v_i gets: 1 dedicated, 1/2 antipodal pair, 2/5 pentagon.
 
 And per model: ``||W||_F^2`` (counts the represented features) and the dimensions per feature
-``m / ||W||_F^2``, which is "sticky" at 1 and 1/2 across a sparsity sweep.
+``m / ||W||_F^2``, which is "sticky" at 1 and 1/2 across a sparsity sweep. Trained features are
+not unit vectors (a pentagon's have norm ~1.1, so its m / ||W||_F^2 is ~0.33, not 2/5), so the
+dimensions per feature with normalised norms, ``m / (features represented)``, is reported too, with
+the mean norm of the represented features and, for m = 2, the arrangement they form.
 
 >>> W = torch.tensor([[[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]])  # an antipodal pair, one absent
 >>> s = column_stats(W)
@@ -52,6 +55,52 @@ def frobenius(W: torch.Tensor) -> torch.Tensor:
 def dims_per_feature(W: torch.Tensor) -> torch.Tensor:
     """m / ||W||_F^2 per model: [K, m, n] -> [K]."""
     return W.shape[1] / frobenius(W).clamp_min(_TINY)
+
+
+def dims_per_unit_feature(W: torch.Tensor, min_norm: float = REPRESENTED) -> torch.Tensor:
+    """m / (features represented) per model: the dimensions per feature with every represented
+    feature's norm set to 1 (a pentagon: 2/5 whatever its norms). [K, m, n] -> [K] (inf: none).
+
+    >>> float(dims_per_unit_feature(1.1 * torch.eye(2)[None].repeat(1, 1, 2))[0])
+    0.5
+    """
+    n_rep = (W.norm(dim=1) >= min_norm).sum(1).to(torch.float64)
+    return (W.shape[1] / n_rep).float()
+
+
+def mean_represented_norm(W: torch.Tensor, min_norm: float = REPRESENTED) -> torch.Tensor:
+    """Mean ||W_i|| over the represented features of each model (0 when none): [K, m, n] -> [K]."""
+    norm = W.norm(dim=1)
+    rep = norm >= min_norm
+    return torch.where(rep.any(1), (norm * rep).sum(1) / rep.sum(1).clamp_min(1), torch.zeros(len(W)))
+
+
+ARRANGEMENT_TOLERANCE = 6.0  # degrees: every gap within this of 360/k makes a regular k-gon
+
+
+def arrangement(W: torch.Tensor, min_norm: float = REPRESENTED) -> list[str]:
+    """For m = 2, what the represented features form: "pentagon", "two antipodal pairs",
+    "antipodal pair", "orthogonal pair", "regular k-gon", "one feature", "none" or "irregular"
+    (every angular gap within ARRANGEMENT_TOLERANCE of 360/k makes a regular k-gon). "" for m != 2.
+
+    >>> arrangement(torch.tensor([[[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]]))
+    ['antipodal pair']
+    """
+    if W.shape[1] != 2:
+        return [""] * len(W)
+    names = {5: "pentagon", 4: "two antipodal pairs", 2: "antipodal pair"}
+    out = []
+    for gaps in pairwise_angles(W, min_norm):
+        k = len(gaps)
+        if k <= 1:
+            out.append("one feature" if k == 1 else "none")
+        elif all(abs(g - 360 / k) <= ARRANGEMENT_TOLERANCE for g in gaps):
+            out.append(names.get(k, f"regular {k}-gon"))
+        elif k == 2 and abs(min(gaps) - 90) <= ARRANGEMENT_TOLERANCE:
+            out.append("orthogonal pair")
+        else:
+            out.append("irregular")
+    return out
 
 
 def status(norm: torch.Tensor, superposition: torch.Tensor) -> list[list[str]]:

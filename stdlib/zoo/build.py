@@ -1,18 +1,22 @@
 """Train the zoo recipes and write the shipped Hugging Face directories (what `make zoo` runs).
 
     python -m mechstudy.stdlib.zoo.build [attn2|mini|all] [--steps N] [--seed S] [--out DIR] [--cards-only]
+    python -m mechstudy.stdlib.zoo.build mini --remeasure   # per-split behaviours of the shipped weights
 
 Each model is trained by `train_artifact` (the function a study's ``train model using NAME``
 runs through the `train_model` operator), measured on its held-out sets, and written as
 ``config.json``, ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``,
 ``behaviours.json`` and a model card ``README.md``. The operator imports this module, never the
-other way round.
+other way round. A text model's ``splits.json`` (which dataset split it never saw, and what it did
+see) is hand-written, kept with the shipped directory and copied into a new one; its per-split
+behaviours (`measure.measure_splits`) are measured after training and by ``--remeasure``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -84,6 +88,12 @@ def write_model_dir(art: Artifact, directory: Path) -> Path:
     summary = {"name": art.data["name"], "parameters": n_params, "info": art.data["info"],
                "behaviours": art.data["behaviours"]}
     (directory / "behaviours.json").write_text(json.dumps(summary, indent=1) + "\n")
+    shipped = MODELS_DIR / art.data["name"] / "splits.json"
+    if shipped.is_file() and shipped.resolve() != (directory / "splits.json").resolve():
+        shutil.copyfile(shipped, directory / "splits.json")
+    if (directory / "splits.json").is_file() and art.data["behaviours"]:
+        M.remeasure_splits(directory)
+        summary = json.loads((directory / "behaviours.json").read_text())
     (directory / "README.md").write_text(card.render(summary, model.config))
     return directory
 
@@ -114,9 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", type=Path, default=MODELS_DIR, help="parent directory to write into")
     ap.add_argument("--cards-only", action="store_true", help="only re-render README.md from behaviours.json")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="measure the shipped weights on each dataset split (behaviours.json per_split), re-render README.md")
     args = ap.parse_args(argv)
     for name in ZOO_NAMES if args.which == "all" else (args.which,):
-        if args.cards_only:
+        if args.remeasure:
+            if (Path(args.out) / name / "splits.json").is_file():
+                M.remeasure_splits(Path(args.out) / name)
+            rewrite_card(Path(args.out) / name)
+        elif args.cards_only:
             rewrite_card(Path(args.out) / name)
         else:
             build(name, args.out, steps=args.steps, seed=args.seed)

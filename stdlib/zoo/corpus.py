@@ -19,6 +19,7 @@ import random
 import zlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -262,3 +263,45 @@ def mini_documents(n_docs: int, seed: int) -> list[str]:
     out += [f"The {n} was long." for n in reference("greater_than")["NOUNS"]]
     out += [f"The {c}00s were long." for c in range(10, 19)]
     return out
+
+
+# ------------------------------------------------------------------ a text model's corpus, streamed
+
+TEXT_RECIPES = ("mini",)  # zoo models trained on text (attn2 reads random tokens, the others are compiled)
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out documents: a seed stream no recipe trains on
+
+
+@lru_cache(maxsize=2)
+def training_documents(name: str = "mini", seed: int = 0) -> tuple[str, ...]:
+    """The documents zoo model `name` was trained on, in the order the recipe generates them."""
+    from mechstudy.stdlib.zoo.train import MINI
+
+    if name not in TEXT_RECIPES:
+        raise ValueError(f"zoo model {name!r} is not trained on text (text recipes: {', '.join(TEXT_RECIPES)})")
+    return tuple(mini_documents(MINI["n_docs"], seed))
+
+
+def _seen(docs: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(d.strip() for d in docs)
+
+
+_SEEN: dict[tuple[str, int], frozenset[str]] = {}
+
+
+def heldout_documents(name: str = "mini", seed: int = 0) -> Iterator[str]:
+    """Endless documents of `name`'s recipe drawn from another seed stream, each one whose text
+    (leading space aside) never occurs among the training documents. Short documents that the
+    training text holds anyway (every fact sentence, every day and month) never come out."""
+    key = (name, seed)
+    if key not in _SEEN:
+        _SEEN[key] = _seen(training_documents(name, seed))
+    seen = _SEEN[key]
+    rng = random.Random(HELDOUT_SEED_OFFSET + seed)
+    kinds = list(DOC_KINDS)
+    weights = [DOC_KINDS[k][0] for k in kinds]
+    while True:
+        doc = DOC_KINDS[rng.choices(kinds, weights)[0]][1](rng)
+        if rng.random() < 0.3:
+            doc = " " + doc
+        if doc.strip() not in seen:
+            yield doc

@@ -158,3 +158,79 @@ def measure_mini(model: Any, tok: Tokenizer, n_ioi: int = 256, n_gt: int = 200, 
         prompts, io, s = encode_ioi(tok, heldout[:128], False)
         report["ioi_head_ablation"] = {mode: B.head_ablation_table(model, prompts, io, s, mode) for mode in ("zero", "mean")}
     return report
+
+
+# ------------------------------------------------------------------------------- per split (mini)
+
+SPLIT_N = {"ioi": 256, "greater_than": 200, "facts": 200}
+
+
+@torch.no_grad()
+def _answer_logits(model: Any, art: Any) -> torch.Tensor:
+    """Logits at each prompt's answer position of a dataset artifact's clean prompts (right padded)."""
+    out = model(input_ids=art.tensors["clean_ids"], attention_mask=art.tensors["attention_mask"]).logits
+    return out[torch.arange(out.shape[0]), art.tensors["answer_pos"]].float()
+
+
+def _logit_diff(logits: torch.Tensor, art: Any) -> torch.Tensor:
+    io, s = art.tensors["io_id"], art.tensors["s_id"]
+    return logits.gather(1, io[:, None])[:, 0] - logits.gather(1, s[:, None])[:, 0]
+
+
+def measure_splits(model: Any, hf_tok: Any, seed: int = EVAL_SEED) -> dict:
+    """mini's behaviour on each split of the ioi, greater_than and facts datasets, measured on the
+    very prompts the dataset generators make (``stdlib/datasets``; `seed` is never a study's).
+
+    ioi: mean logit(IO) - logit(S) and the share of prompts where it is positive, per split and per
+    novel template; greater_than: mean prob diff, share > 0 and probability mass on the 100 year
+    tokens, per split and form; facts: mean logit(answer) - logit(corrupted subject's answer), its
+    share > 0, and top-1 accuracy over the whole vocabulary, per split and relation.
+    """
+    from mechstudy.stdlib.datasets import facts as F, greater_than as GT, ioi as IOI
+
+    r4 = lambda x: round(float(x), 4)  # noqa: E731
+    out: dict[str, Any] = {"ioi": {}, "greater_than": {}, "facts": {}, "seed": seed}
+    for split in ("train", "heldout", "novel"):
+        art = IOI.generate(hf_tok, n=SPLIT_N["ioi"], seed=seed, split=split)
+        ld = _logit_diff(_answer_logits(model, art), art)
+        entry = {"logit_diff": r4(ld.mean()), "io_over_s": r4((ld > 0).float().mean()), "n": len(ld),
+                 "templates": art.data["templates_in_split"]}
+        if split == "novel":
+            t = art.tables["prompts"]["template"].to_list()
+            entry["per_template"] = {str(k): r4(ld[[i for i, x in enumerate(t) if x == k]].mean()) for k in sorted(set(t))}
+        out["ioi"][split] = entry
+    idx = torch.arange(100)[None]
+    for split in ("train", "heldout", "novel"):
+        for form in GT.forms_of(split):
+            art = GT.generate(hf_tok, n=SPLIT_N["greater_than"], seed=seed, split=split, form=form)
+            p = _answer_logits(model, art).softmax(-1)[:, art.tensors["year_tokens"]]
+            later = idx > art.tensors["yy"][:, None]
+            pd = (p * later).sum(1) - (p * ~later).sum(1)
+            out["greater_than"][f"{split}/{form}"] = {"prob_diff": r4(pd.mean()), "positive_share": r4((pd > 0).float().mean()),
+                                                      "mass_on_years": r4(p.sum(1).mean()), "n": len(pd)}
+    for split in ("train", "novel"):
+        for rel in ("capital", "landmark"):
+            art = F.generate(hf_tok, n=SPLIT_N["facts"], seed=seed, split=split, relation=rel)
+            logits = _answer_logits(model, art)
+            ld = _logit_diff(logits, art)
+            out["facts"][f"{split}/{rel}"] = {"logit_diff": r4(ld.mean()), "positive_share": r4((ld > 0).float().mean()),
+                                              "top1": r4((logits.argmax(-1) == art.tensors["io_id"]).float().mean()),
+                                              "facts": art.data["facts_used"], "n": len(ld)}
+    return out
+
+
+def remeasure_splits(directory: Any) -> dict:
+    """Measure a shipped text model's splits and store them in its behaviours.json (key
+    ``per_split``); the weights are not touched."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = Path(directory)
+    model = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager").eval()
+    result = measure_splits(model, AutoTokenizer.from_pretrained(d))
+    summary = json.loads((d / "behaviours.json").read_text())
+    summary["behaviours"]["per_split"] = result
+    (d / "behaviours.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return result
