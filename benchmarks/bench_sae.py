@@ -35,9 +35,9 @@ def activations(tokens: int, path: Path) -> torch.Tensor:
     from mechstudy.stdlib.datasets.corpus import pack, text_documents
     from mechstudy.stdlib.models.base import load_adapter
     from mechstudy.stdlib.models.sites import Site
-    from mechstudy.stdlib.zoo import model_dir
+    from mechstudy.stdlib.zoo import MODELS_DIR
 
-    a = load_adapter(model_dir("mini"))
+    a = load_adapter(MODELS_DIR / "mini")
     out = {}
     for name, f, n in (("acts", "mini_train.txt", tokens), ("held", "mini_held.txt", 8192)):
         p = pack(text_documents([ROOT / "studies/data" / f], "paragraph"), a.tokenizer, 64, n)

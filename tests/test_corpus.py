@@ -137,7 +137,7 @@ def test_zoo_corpus_streams_the_training_text_and_held_out_text_never_in_it(stdl
     from mechstudy.engine.run import run_study
     from mechstudy.engine.store import Store
     from mechstudy.stdlib.datasets.corpus import pack
-    from mechstudy.stdlib.zoo import corpus as zc, model_dir
+    from mechstudy.stdlib.zoo import MODELS_DIR, corpus as zc
 
     monkeypatch.chdir(tmp_path)
     study = tmp_path / "z.study"
@@ -149,7 +149,7 @@ def test_zoo_corpus_streams_the_training_text_and_held_out_text_never_in_it(stdl
     res = run_study(study, cache=tmp_path / "cache", device="cpu", report=False)
     store = Store(tmp_path / "cache")
     got = {store.get(n.key).data["split"]: store.get(n.key) for n in res.plan.nodes() if n.op == "dataset"}
-    tok = AutoTokenizer.from_pretrained(model_dir("mini"))
+    tok = AutoTokenizer.from_pretrained(MODELS_DIR / "mini")
     train_docs = zc.training_documents("mini", 0)
     expected = pack(iter(train_docs), tok, 64, 512)
     assert torch.equal(torch.as_tensor(got["train"].tensors["input_ids"]), expected["input_ids"])

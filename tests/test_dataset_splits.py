@@ -15,14 +15,14 @@ from mechstudy.stdlib.datasets import greater_than as GT
 from mechstudy.stdlib.datasets import ioi as IOI
 from mechstudy.stdlib.datasets import reference
 from mechstudy.stdlib.datasets import splits as S
-from mechstudy.stdlib.zoo import model_dir
+from mechstudy.stdlib.zoo import MODELS_DIR
 
 
 @pytest.fixture(scope="module")
 def tok():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir("mini"))
+    return AutoTokenizer.from_pretrained(MODELS_DIR / "mini")
 
 
 def _filled(template: str, row: dict) -> bool:
@@ -99,7 +99,7 @@ def test_default_split_comes_from_the_model_directory(tmp_path):
 
 
 def test_dataset_artifacts_say_which_split_and_why(stdlib_loaded, tiny_gpt2_dir, tok):
-    mini = Artifact(data={"path": str(model_dir("mini"))})
+    mini = Artifact(data={"path": str(MODELS_DIR / "mini")})
     for name in ("ioi", "greater_than", "facts"):
         art = spec.DATASETS[name].run({"model": mini}, {"n": 4, "seed": 0}, None)
         assert art.data["split"] == "novel" and "never saw" in art.data["split_source"], name

@@ -30,7 +30,7 @@ from mechstudy.stdlib.datasets import greater_than as GT
 from mechstudy.stdlib.datasets import ioi as IOI
 from mechstudy.stdlib.datasets import reference
 from mechstudy.stdlib.datasets import splits as S
-from mechstudy.stdlib.zoo import corpus, model_dir, train, vocab
+from mechstudy.stdlib.zoo import MODELS_DIR, corpus, train, vocab
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
 _SLOT = re.compile(r"\[[A-Z]+\]|\{[a-z]+\}")
@@ -57,7 +57,7 @@ def pattern(template: str) -> re.Pattern:
 @pytest.fixture(scope="module")
 def mini_text():
     """mini's training text, regenerated, as ' doc1 words | doc2 words | ... '."""
-    path = model_dir("mini")
+    path = MODELS_DIR / "mini"
     info = json.loads((path / "behaviours.json").read_text())["info"]
     docs = corpus.mini_documents(train.MINI["n_docs"], info["seed"])
     assert len(docs) == info["n_docs"]
@@ -78,10 +78,10 @@ def split_templates(split: str) -> dict[str, list[str]]:
 
 
 def test_mini_says_it_never_saw_its_default_split_and_that_it_saw_every_word():
-    s = S.model_splits(model_dir("mini"))
+    s = S.model_splits(MODELS_DIR / "mini")
     assert s["evaluate_on"] == {"ioi": "novel", "greater_than": "novel", "facts": "novel"}
     assert "Seen" in s["words"] and "-0.15" in s["why_words_are_seen"] and "1.95" in s["why_words_are_seen"]
-    assert S.model_splits(model_dir("attn2")) == {}  # attn2 reads no text: the datasets do not apply
+    assert S.model_splits(MODELS_DIR / "attn2") == {}  # attn2 reads no text: the datasets do not apply
 
 
 def test_no_default_template_segment_occurs_in_mini_training_text(mini_text):
@@ -111,7 +111,7 @@ def test_default_prompts_never_occur_in_mini_training_text(mini_text, generator)
     from mechstudy.stdlib import datasets  # noqa: F401
 
     run = spec.DATASETS[generator].run
-    model = Artifact(data={"path": str(model_dir("mini"))})
+    model = Artifact(data={"path": str(MODELS_DIR / "mini")})
     art = run({"model": model}, {"n": 64, "seed": 0}, None)
     assert art.data["split"] == "novel" and "splits.json" in art.data["split_source"]
     rows = art.tables["prompts"]
@@ -146,7 +146,7 @@ def test_per_split_behaviour_of_mini_is_what_study_models_reports():
 
     from mechstudy.stdlib.zoo import measure as M
 
-    path = model_dir("mini")
+    path = MODELS_DIR / "mini"
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     got = M.measure_splits(model, AutoTokenizer.from_pretrained(path))
     shipped = json.loads((path / "behaviours.json").read_text())["behaviours"]["per_split"]
@@ -174,11 +174,11 @@ def test_study_models_reports_mini_per_split_and_what_it_saw(stdlib_loaded):
 
     text = models_listing()
     mini = text[text.index("\nmini ") :].split("\n\n")[0]
-    shipped = json.loads((model_dir("mini") / "behaviours.json").read_text())["behaviours"]["per_split"]
+    shipped = json.loads(((MODELS_DIR / "mini") / "behaviours.json").read_text())["behaviours"]["per_split"]
     novel = shipped["ioi"]["novel"]
     assert f"ioi novel (20 templates): logit diff {novel['logit_diff']:.2f}, IO over S {novel['io_over_s']:.1%}" in mini
     assert "ioi train (24 templates)" in mini and "greater_than novel/began: prob diff" in mini
     assert "facts novel/capital" in mini and "facts train/landmark" in mini
     assert "datasets default to the split it never saw: ioi novel, greater_than novel, facts novel" in mini
     assert "-0.15" in mini and "cannot copy it" in mini  # the measured reason words are not held out
-    assert "## Behaviour per dataset split" in (model_dir("mini") / "README.md").read_text()
+    assert "## Behaviour per dataset split" in ((MODELS_DIR / "mini") / "README.md").read_text()

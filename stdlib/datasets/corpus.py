@@ -273,9 +273,9 @@ def run_zoo(inputs: dict, params: dict, ctx: Any) -> Artifact:
     """A zoo text model's corpus, tokenised by the reading model and packed into rows."""
     import json
 
-    from mechstudy.stdlib.zoo import model_dir
+    from mechstudy.stdlib.zoo import MODELS_DIR
 
-    seed = json.loads((model_dir(params["name"]) / "behaviours.json").read_text())["info"]["seed"]
+    seed = json.loads(((MODELS_DIR / params["name"]) / "behaviours.json").read_text())["info"]["seed"]
     packed = pack(zoo_documents(params["name"], params["split"], seed), tokenizer_of(inputs["model"], ctx),
                   params["context"], params["tokens"])
     return _artifact(packed, {"source": "zoo", "name": params["name"], "split": params["split"], "recipe_seed": seed})
