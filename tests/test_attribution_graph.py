@@ -257,7 +257,7 @@ def test_the_operator_reports_the_graph_it_computed(tiny_transcoders, tiny_model
 def test_mistakes_are_check_errors(stdlib_loaded, line, message):
     from mechstudy.lang import StudyErrors, check
 
-    head = ('model m = zoo "mini"\ncorpus web = text "README.md" tokens=256 context=16\ndataset facts = facts(n=4)\n'
+    head = ('model m = zoo "mini"\ncorpus web = text "README.md" tokens=256 context=16\ndataset facts = facts(n=4, split=train)\n'
             "t = train transcoder in all layers of m over web\n")
     with pytest.raises(StudyErrors) as e:
         check(head + line + "\n", "t.study")
@@ -274,7 +274,7 @@ def test_a_graph_on_mini_explains_a_fact(stdlib_loaded, tmp_path, monkeypatch):
     study = tmp_path / "g.study"
     study.write_text('model m = zoo "mini"\n'
                      'corpus train = text "studies/data/mini_train.txt" tokens=16384 context=64\n'
-                     "dataset facts = facts(n=4)\n"
+                     "dataset facts = facts(n=4, split=train)\n"
                      "tcs = train transcoder in all layers of m over train width=256 k=8 batch=1024 steps=80 "
                      "checkpoint=40\n"
                      "g = attribute features tcs of m on facts prompt 0\n")
