@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) ->
         n = len(e.errors)
         print(f"{n} error{'s' if n != 1 else ''}; nothing was computed", file=sys.stderr)
         code = STUDY_ERRORS
-    except (_exc("PackError"), _Refused) as e:
+    except (_exc("PackError"), _exc("StoreURLError"), _Refused) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         code = REFUSED
     except (KeyboardInterrupt, _exc("Interrupted")):
@@ -285,6 +285,8 @@ def _exc(name: str) -> type:
         from mechstudy.lang.errors import StudyErrors as cls
     elif name == "PackError":
         from mechstudy.engine.pack import PackError as cls
+    elif name == "StoreURLError":
+        from mechstudy.engine.objectstore import StoreURLError as cls
     else:
         from mechstudy.engine.nodeprogress import Interrupted as cls
     return cls

@@ -272,9 +272,12 @@ class ObjectStore(Store):
 
     def __init__(self, url: str | None = None, *, create: bool = True,
                  overlays: tuple[Overlay, ...] | list[Overlay] = (), mirror: str | os.PathLike | None = None) -> None:
-        url = url if url is not None else default_root()
+        url = str(url if url is not None else default_root())
         if not is_url(url):
             raise StoreURLError(f"{url}: not a URL")
+        if url.split("://", 1)[0] not in PROTOCOLS:
+            raise StoreURLError(f"{url}: protocol {url.split('://', 1)[0]!r} is not supported for the store (it "
+                                "needs conditional writes for atomic commits and locks); use s3://bucket/prefix")
         self.url = url.rstrip("/")
         super().__init__(Path(mirror) if mirror is not None else default_mirror(self.url),
                          create=create, overlays=overlays)

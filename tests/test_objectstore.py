@@ -107,7 +107,10 @@ def test_a_url_opens_the_object_store(bucket, tmp_path):
     assert isinstance(st, ObjectStore) and st.url == bucket
     assert isinstance(Store(tmp_path / "local"), Store) and not isinstance(Store(tmp_path / "local"), ObjectStore)
     with pytest.raises(objectstore.StoreURLError, match="protocol 'gs'"):
-        ObjectStore("gs://b/p", mirror=tmp_path / "m").remote  # noqa: B018
+        Store("gs://b/p")
+    from mechstudy.engine import cli
+
+    assert cli.main(["cache", "ls", "--cache", "gs://b/p"]) == cli.REFUSED  # an error line, not a traceback
 
 
 def test_put_then_read_from_another_mirror(bucket, tmp_path):
