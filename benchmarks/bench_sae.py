@@ -8,6 +8,14 @@ saved to out/bench_sae/acts.safetensors), TopK SAE width 1024, k 32, batch 4096,
 warm-up, no normalisation. Prints tokens/s over the timed steps, and FVU and L0 on 8,192 held-out
 tokens (studies/data/mini_held.txt). SAELens (its own venv, never the project's lock) trains its
 TopK SAE through its own trainer (`SAETrainer`) on the same tensor, same hyper-parameters.
+
+Measured 2026-11-30 (--steps 100, SAELens 6.54.12 in its own venv, load average ~6 on the shared
+2-core machine): mechstudy 25,748 tokens/s, held-out FVU 0.128, L0 32; SAELens 15,478 tokens/s,
+FVU 0.068, L0 32 (both after 110 steps). Ours is 1.66x faster per token but behind in FVU at equal
+steps and lr: SAELens keeps the decoder at norm 0.1 (its encoder the transpose) and rescales
+activations by the decoder norm, ours keeps unit-norm decoder rows, so one Adam lr moves our
+weights less relative to their scale. With lr 3e-3 ours reaches FVU 0.073, with 1e-2 0.051, after
+the same 110 steps.
 """
 
 from __future__ import annotations
