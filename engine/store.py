@@ -77,8 +77,6 @@ def checksum(path: Path) -> str:
     return h.hexdigest()
 
 
-
-
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON to `path` by temp file + fsync + rename: readers see the old or the new file."""
     write_text_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str) + "\n")
