@@ -26,15 +26,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import polars as pl
-import torch
 
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.datasets import Prompts, encode
 from mechstudy.stdlib.dictionary import attribution as at
 from mechstudy.stdlib.models.sites import Site
-from mechstudy.stdlib.ops.score_dictionary import model_of
-from mechstudy.stdlib.ops.train_dictionary import load
+from mechstudy.stdlib.dictionary.use import load, model_of
 
 PREFIX = "transcoder_"
 

@@ -35,8 +35,7 @@ from mechstudy.stdlib.dictionary.evaluate import Sites
 from mechstudy.stdlib.dictionary.model import Dictionary
 from mechstudy.stdlib.models.base import Edit
 from mechstudy.stdlib.models.batching import chunks, trimmed
-from mechstudy.stdlib.ops.score_dictionary import sites_of
-from mechstudy.stdlib.ops.train_dictionary import load
+from mechstudy.stdlib.dictionary.use import feature_list, open_dictionary, plan_reading
 from mechstudy.stdlib.representations import generation as gen
 
 KINDS = ("sae", "transcoder")
@@ -66,11 +65,6 @@ def clamp_edits(adapter: Any, sae: Dictionary, sites: Sites, features: torch.Ten
     return edits, f
 
 
-def check_sites(sites: Sites) -> None:
-    if len(sites.inputs) != 1 or len(sites.outputs) != 1:
-        raise ValueError("clamp reads one site and writes one: an SAE or a transcoder, not a crosscoder")
-
-
 def validate(params: Mapping[str, Any]) -> None:
     if not params["component_index"]:
         e = ValueError("clamp needs the features: `clamp features 12 s ...` or `clamp features [3, 7] s ...`")
@@ -80,12 +74,6 @@ def validate(params: Mapping[str, Any]) -> None:
         e = ValueError("give `value` (set the features) or `scale` (multiply them), not both")
         e.option = "scale"  # type: ignore[attr-defined]
         raise e
-
-
-def plan(params: dict, b: Any) -> Any:
-    d = params["dictionary"]
-    d = d[-1] if isinstance(d, list) else d
-    return b.node("clamp", {**params, "dictionary": d})
 
 
 @spec.operator(
@@ -108,7 +96,7 @@ def plan(params: dict, b: Any) -> Any:
         Param("top_k", int, 0, minimum=0, doc="sample among the k most likely tokens (0: all)"),
         Param("show", int, 4, minimum=0, ceiling=10_000, doc="prompts continued (the first ones of the dataset)"),
     ],
-    plan=plan,
+    plan=plan_reading("clamp"),
     validate=validate,
     output="table",
     uses_model=True,
@@ -121,16 +109,8 @@ def plan(params: dict, b: Any) -> Any:
 def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """Clamping (or scaling, or ablating) dictionary features: the metric and generations, with and without."""
     art = inputs["dictionary"]
-    if "model" not in inputs:
-        raise ValueError("clamp needs a dictionary of a model's activations")
-    adapter = ctx.model(inputs["model"])
-    sae = load(art)
-    sites = sites_of(art.data)
-    check_sites(sites)
-    index = [int(i) for i in params["component_index"]]
-    bad = [i for i in index if i >= sae.shape.width]
-    if bad:
-        raise ValueError(f"feature {bad[0]} out of range: the dictionary has {sae.shape.width}")
+    adapter, sae, sites = open_dictionary(inputs, ctx, "clamp", one_site=True)
+    index = feature_list(params["component_index"], sae.shape.width)
     feats = torch.tensor(index)
     value = params["value"]
     scale = 0.0 if value is None and params["scale"] is None else params["scale"]

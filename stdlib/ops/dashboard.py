@@ -32,25 +32,13 @@ import torch
 
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
-from mechstudy.stdlib.datasets import Prompts
 from mechstudy.stdlib.dictionary import features as fx
 from mechstudy.stdlib.dictionary.evaluate import DENSE
-from mechstudy.stdlib.ops.score_dictionary import corpus_for, model_of, sites_of
 from mechstudy.stdlib.ops.top_examples import unit_batches
-from mechstudy.stdlib.ops.train_dictionary import load
+from mechstudy.stdlib.dictionary.use import feature_list, first_tokens, open_dictionary, plan_reading
 from mechstudy.stdlib.representations import examples as ex
 
 KINDS = ("sae", "transcoder", "crosscoder")
-
-
-def plan(params: dict, b: Any) -> Any:
-    d = params["dictionary"]
-    d = d[-1] if isinstance(d, list) else d
-    model = model_of(d)
-    if model is None:  # a `load sae` result names its model as `model`
-        model = dict(d.inputs).get("model")
-    return b.node("dashboard", {**params, "dictionary": d, "model": model,
-                                "corpus": corpus_for(b, params["corpus"], model)})
 
 
 def summarise(found: ex.Examples, tables: dict[str, pl.DataFrame], index: list[int], logit_rows: list[dict],
@@ -99,7 +87,7 @@ def summarise(found: ex.Examples, tables: dict[str, pl.DataFrame], index: list[i
         Param("logits", int, 8, minimum=1, ceiling=1_000, doc="tokens promoted and suppressed most by each decoder direction"),
         Param("seed", int, 0, minimum=0, doc="seed of the interval samples"),
     ],
-    plan=plan,
+    plan=plan_reading("dashboard", with_model=True),
     uses_model=True,
     output="table",
     default_chart="features",
@@ -110,21 +98,10 @@ def summarise(found: ex.Examples, tables: dict[str, pl.DataFrame], index: list[i
 def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """Feature dashboards: top examples, interval samples, histograms, logit weights, density, a map."""
     art = inputs["dictionary"]
-    if "model" not in inputs:
-        raise ValueError("dashboard needs a dictionary of a model's activations (`of MODEL over CORPUS`)")
-    if art.data.get("models", 1) > 1:
-        raise ValueError("dashboard reads one model; this crosscoder reads two")
-    adapter = ctx.model(inputs["model"])
-    sae = load(art)
+    adapter, sae, sites = open_dictionary(inputs, ctx, "dashboard", one_model=True)
     F = sae.shape.width
-    index = list(range(F)) if params["features"] is None else [int(i) for i in params["features"]]
-    bad = [i for i in index if i >= F]
-    if bad:
-        raise ValueError(f"feature {bad[0]} out of range: the dictionary has {F}")
-    sites = sites_of(art.data)
-    prompts = Prompts.of(inputs["corpus"])
-    rows = max(1, min(prompts.n, math.ceil(int(params["tokens"]) / prompts.ids.shape[1])))
-    prompts = Prompts(prompts.ids[:rows], prompts.attention_mask[:rows], prompts.read_pos[:rows])
+    index = feature_list(params["features"], F)
+    prompts = first_tokens(inputs["corpus"], params["tokens"])
     feats = torch.tensor(index)
     settings = ex.Settings(k=params["top"], before=params["before"], after=params["after"], bands=params["bands"],
                            per_band=params["per_band"], bins=params["bins"], threshold=0.0, active_only=True,

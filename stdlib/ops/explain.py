@@ -28,13 +28,11 @@ import torch
 
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
-from mechstudy.stdlib.datasets import Prompts
 from mechstudy.stdlib.dictionary import autointerp as ai
 from mechstudy.stdlib.dictionary import features as fx
 from mechstudy.stdlib.dictionary.evaluate import DENSE
-from mechstudy.stdlib.ops.score_dictionary import corpus_for, sites_of
 from mechstudy.stdlib.ops.top_examples import unit_batches
-from mechstudy.stdlib.ops.train_dictionary import load
+from mechstudy.stdlib.dictionary.use import corpus_for, first_tokens, last, open_dictionary
 
 
 def validate(params: Mapping[str, Any]) -> None:
@@ -46,8 +44,7 @@ def validate(params: Mapping[str, Any]) -> None:
 
 
 def plan(params: dict, b: Any) -> Any:
-    d = params["dashboard"]
-    d = d[-1] if isinstance(d, list) else d
+    d = last(params["dashboard"])
     got = dict(d.inputs)
     if d.op != "dashboard" or "model" not in got:
         return b.node("explain", {**params, "dashboard": d})  # refused at run time
@@ -145,10 +142,7 @@ def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
     if "model" not in inputs or "dictionary" not in inputs:
         raise ValueError("explain reads a `dashboard ...` result")
     dash = inputs["dashboard"]
-    art = inputs["dictionary"]
-    adapter = ctx.model(inputs["model"])
-    sae = load(art)
-    sites = sites_of(art.data)
+    adapter, sae, sites = open_dictionary(inputs, ctx, "explain")
     res = dash.tables["result"]
     index = order(res)[: int(params["limit"])]
     if not index:
@@ -163,9 +157,7 @@ def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
     tok = adapter.tokenizer
     vocab = [tok.decode([i]) for i in range(adapter.model.get_input_embeddings().weight.shape[0])]
     on, after = tables_of(texts, vocab)
-    prompts = Prompts.of(inputs["corpus"])
-    rows = max(1, min(prompts.n, math.ceil(int(params["tokens"]) / prompts.ids.shape[1])))
-    prompts = Prompts(prompts.ids[:rows], prompts.attention_mask[:rows], prompts.read_pos[:rows])
+    prompts = first_tokens(inputs["corpus"], params["tokens"])
     feats = torch.tensor(index)
     partner = torch.tensor(partners(texts))
     corr, null = Corr(len(index)), Corr(len(index))

@@ -33,18 +33,12 @@ from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.datasets import Prompts
 from mechstudy.stdlib.dictionary import features as fx
 from mechstudy.stdlib.models.batching import chunks, trimmed
-from mechstudy.stdlib.ops.score_dictionary import corpus_for, model_of, sites_of
-from mechstudy.stdlib.ops.train_dictionary import load
-
-
-def _last(d: Any) -> Any:
-    return d[-1] if isinstance(d, list) else d
+from mechstudy.stdlib.dictionary.use import corpus_for, first_tokens, last, load, model_of, sites_of
 
 
 def plan(params: dict, b: Any) -> Any:
-    a, bb = _last(params["a"]), _last(params["b"])
-    ma = model_of(a) or dict(a.inputs).get("model")
-    mb = model_of(bb) or dict(bb.inputs).get("model")
+    a, bb = last(params["a"]), last(params["b"])
+    ma, mb = model_of(a), model_of(bb)
     extra: dict[str, Any] = {"a": a, "b": bb}
     if ma is not None and mb is not None:
         extra.update(model_a=ma, model_b=mb, corpus_a=corpus_for(b, params["corpus"], ma),
@@ -147,10 +141,7 @@ def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
         summary += [("features of a that split (>= 2 children)", float(split)),
                     ("features of b with a parent", float(sum(len(k) for k in kids.values())))]
     if "corpus_a" in inputs:
-        pa, pb = Prompts.of(inputs["corpus_a"]), Prompts.of(inputs["corpus_b"])
-        rows = max(1, min(pa.n, math.ceil(int(params["tokens"]) / pa.ids.shape[1])))
-        pa = Prompts(pa.ids[:rows], pa.attention_mask[:rows], pa.read_pos[:rows])
-        pb = Prompts(pb.ids[:rows], pb.attention_mask[:rows], pb.read_pos[:rows])
+        pa, pb = first_tokens(inputs["corpus_a"], params["tokens"]), first_tokens(inputs["corpus_b"], params["tokens"])
         if pa.ids.shape != pb.ids.shape or not torch.equal(pa.ids, pb.ids):
             raise ValueError("the two dictionaries' models tokenise the text differently: activation correlations "
                              "need the same tokens")

@@ -32,17 +32,9 @@ from mechstudy.stdlib import metrics
 from mechstudy.stdlib.datasets import Pairs
 from mechstudy.stdlib.models.base import Edit
 from mechstudy.stdlib.models.batching import chunks, trimmed
-from mechstudy.stdlib.ops.clamp import check_sites
-from mechstudy.stdlib.ops.score_dictionary import sites_of
-from mechstudy.stdlib.ops.train_dictionary import load
+from mechstudy.stdlib.dictionary.use import feature_list, open_dictionary, plan_reading
 
 DIRECTIONS = ("denoising", "noising")
-
-
-def plan(params: dict, b: Any) -> Any:
-    d = params["dictionary"]
-    d = d[-1] if isinstance(d, list) else d
-    return b.node("patch_features", {**params, "dictionary": d})
 
 
 def _features(adapter: Any, sae: Any, sites: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -68,7 +60,7 @@ def _features(adapter: Any, sae: Any, sites: Any, ids: torch.Tensor, mask: torch
         Param("direction", str, "denoising", choices=DIRECTIONS,
               doc="denoising: corrupted run, feature from clean; noising: the reverse"),
     ],
-    plan=plan,
+    plan=plan_reading("patch_features"),
     output="table",
     uses_model=True,
     default_chart="bar",
@@ -80,17 +72,8 @@ def _features(adapter: Any, sae: Any, sites: Any, ids: torch.Tensor, mask: torch
 def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """Patch each dictionary feature from the clean run into the corrupted one (or the reverse)."""
     art = inputs["dictionary"]
-    if "model" not in inputs:
-        raise ValueError("patch features needs a dictionary of a model's activations")
-    adapter = ctx.model(inputs["model"])
-    sae = load(art)
-    sites = sites_of(art.data)
-    check_sites(sites)
-    width = sae.shape.width
-    index = [int(i) for i in params["component_index"]] if params["component_index"] else list(range(width))
-    bad = [i for i in index if i >= width]
-    if bad:
-        raise ValueError(f"feature {bad[0]} out of range: the dictionary has {width}")
+    adapter, sae, sites = open_dictionary(inputs, ctx, "patch features", one_site=True)
+    index = feature_list(params["component_index"], sae.shape.width)
     pairs = Pairs.of(inputs["dataset"])  # refuses a dataset without corrupted prompts
     noising = params["direction"] == "noising"
     feats = torch.tensor(index)

@@ -20,53 +20,14 @@ import math
 from typing import Any, Mapping
 
 import polars as pl
-import torch
 
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
-from mechstudy.stdlib.datasets import Prompts
-from mechstudy.stdlib.dictionary.evaluate import DENSE, Sites, splice_eval
-from mechstudy.stdlib.models.sites import Site
-from mechstudy.stdlib.ops.train_dictionary import load
+from mechstudy.stdlib.dictionary.evaluate import DENSE, splice_eval
+from mechstudy.stdlib.dictionary.use import first_tokens, open_dictionary, plan_reading
 
 METRICS = ("fvu", "mse", "l0", "dead_fraction", "dense_fraction", "ce_clean", "ce_spliced", "ce_zero",
            "ce_recovered", "kl")
-
-
-def model_of(dictionary: Any) -> Any:
-    """The model node a dictionary's checkpoint chain was trained on (None for one trained on a dataset)."""
-    return dict(dictionary.inputs).get("model")
-
-
-def corpus_for(b: Any, corpus: Any, model: Any) -> Any:
-    """The corpus node tokenised by `model` (the dictionary's model, whatever the statement inferred)."""
-    if corpus is None or model is None:
-        return corpus
-    return b.node("dataset", {k: v for k, v in corpus.params}, {"model": model})
-
-
-def plan(params: dict, b: Any) -> Any:
-    d = params["dictionary"]
-    if isinstance(d, list):
-        d = d[-1]
-    model = model_of(d)
-    return b.node("score_dictionary", {**params, "dictionary": d, "model": model,
-                                       "corpus": corpus_for(b, params["corpus"], model)})
-
-
-def validate(params: Mapping[str, Any]) -> None:
-    if params["tokens"] < 2:
-        e = ValueError(f"tokens must be at least 2, got {params['tokens']}")
-        e.option = "tokens"  # type: ignore[attr-defined]
-        raise e
-
-
-def sites_of(data: Mapping[str, Any]) -> Sites:
-    """A dictionary's read and write sites, from its training artifact's data."""
-    names = [Site.parse(n) for n in data["site"]]
-    if data["kind"] == "transcoder":
-        return Sites([names[0]], [names[1]])
-    return Sites(names, names)
 
 
 @spec.operator(
@@ -79,8 +40,7 @@ def sites_of(data: Mapping[str, Any]) -> Sites:
         Param("corpus", spec.CORPUS, doc="held-out text (`over CORPUS`)"),
         Param("tokens", int, 32_768, minimum=2, ceiling=10_000_000, doc="tokens evaluated (the corpus's first rows)"),
     ],
-    plan=plan,
-    validate=validate,
+    plan=plan_reading("score_dictionary", with_model=True),
     uses_model=True,
     output="table",
     default_chart="density",
@@ -91,18 +51,10 @@ def sites_of(data: Mapping[str, Any]) -> Sites:
 def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
     """Held-out reconstruction, sparsity, density and spliced-in loss of a trained dictionary."""
     art = inputs["dictionary"]
-    if "model" not in inputs:
-        raise ValueError("score needs a dictionary trained on a model's activations (`of MODEL over CORPUS`)")
-    if art.data.get("models", 1) > 1:
-        raise ValueError("score reads one model; this crosscoder reads two (score its training history, or train "
-                         "one per model)")
-    adapter = ctx.model(inputs["model"])
-    sae = load(art)
-    prompts = Prompts.of(inputs["corpus"])
-    ctxlen = prompts.ids.shape[1]
-    rows = max(1, min(prompts.n, math.ceil(int(params["tokens"]) / ctxlen)))
-    got = splice_eval(adapter, sae, sites_of(art.data), prompts.ids[:rows], prompts.attention_mask[:rows],
-                      ctx.max_rows, getattr(ctx, "progress", None))
+    adapter, sae, sites = open_dictionary(inputs, ctx, "score", one_model=True)
+    prompts = first_tokens(inputs["corpus"], params["tokens"])
+    got = splice_eval(adapter, sae, sites, prompts.ids, prompts.attention_mask, ctx.max_rows,
+                      getattr(ctx, "progress", None))
     density = got.pop("density")
     table = pl.DataFrame({"metric": list(METRICS), "value": [float(got[k]) for k in METRICS]})
     dens = pl.DataFrame({"feature": list(range(density.numel())), "density": density.tolist(),

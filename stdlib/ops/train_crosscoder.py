@@ -26,7 +26,7 @@ from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.activations import plan_shards, shard_inputs
 from mechstudy.stdlib.activations.stream import _open
 from mechstudy.stdlib.ops import train_dictionary as td
-from mechstudy.stdlib.ops.score_dictionary import corpus_for
+from mechstudy.stdlib.dictionary.use import corpus_for
 
 
 def _param(p: Param) -> Param:

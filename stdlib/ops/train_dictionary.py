@@ -42,6 +42,7 @@ from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.activations import STORABLE, ActivationStore, plan_shards, shard_inputs
 from mechstudy.stdlib.dictionary.model import ARCHS, Dictionary, Shape
+from mechstudy.stdlib.dictionary.use import load  # noqa: F401  (the trained dictionary of this op's artifacts)
 from mechstudy.stdlib.dictionary.train import HISTORY, Hyper, Layout, State, init_state, train_segment
 from mechstudy.stdlib.models.sites import KINDS, component, words
 
@@ -262,8 +263,3 @@ def recovery(sae: Dictionary, directions: torch.Tensor) -> float:
     d = directions / directions.norm(dim=-1, keepdim=True)
     return float((d @ sae.directions().detach().T).max(-1).values.mean())
 
-
-def load(artifact: Artifact) -> Dictionary:
-    """The trained dictionary (raw activations) of a `train_dictionary` artifact."""
-    return Dictionary.of(Shape(**artifact.data["shape"]), {k: v for k, v in artifact.tensors.items()
-                                                            if not k.startswith("state.")})
