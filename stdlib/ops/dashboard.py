@@ -34,7 +34,7 @@ from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.dictionary import features as fx
 from mechstudy.stdlib.dictionary.evaluate import DENSE
-from mechstudy.stdlib.ops.top_examples import unit_batches
+from mechstudy.stdlib.ops.top_examples import example_params, settings_of, unit_batches
 from mechstudy.stdlib.dictionary.use import feature_list, first_tokens, open_dictionary, plan_reading
 from mechstudy.stdlib.representations import examples as ex
 
@@ -78,14 +78,8 @@ def summarise(found: ex.Examples, tables: dict[str, pl.DataFrame], index: list[i
         Param("corpus", spec.CORPUS, doc="held-out text the features are read over (`over CORPUS`)"),
         Param("features", list, None, minimum=0, nonempty=True, doc="which features (default: all)"),
         Param("tokens", int, 16_384, minimum=1, ceiling=10_000_000, doc="tokens read (the corpus's first rows)"),
-        Param("top", int, 10, minimum=1, ceiling=10_000, doc="top-activating examples per feature"),
-        Param("before", int, 8, minimum=0, ceiling=1_000, doc="tokens shown before an example's token"),
-        Param("after", int, 3, minimum=0, ceiling=1_000, doc="tokens shown after it"),
-        Param("bands", int, 5, minimum=1, ceiling=1_000, doc="equal intervals of (0, max] sampled from"),
-        Param("per_band", int, 2, minimum=0, ceiling=1_000, doc="examples drawn from each interval"),
-        Param("bins", int, 24, minimum=1, ceiling=10_000, doc="histogram bins over the non-zero activations"),
+        *example_params(top=10, after=3, per_band=2, bins=24, bins_doc="histogram bins over the non-zero activations"),
         Param("logits", int, 8, minimum=1, ceiling=1_000, doc="tokens promoted and suppressed most by each decoder direction"),
-        Param("seed", int, 0, minimum=0, doc="seed of the interval samples"),
     ],
     plan=plan_reading("dashboard", with_model=True),
     uses_model=True,
@@ -103,9 +97,7 @@ def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
     index = feature_list(params["features"], F)
     prompts = first_tokens(inputs["corpus"], params["tokens"])
     feats = torch.tensor(index)
-    settings = ex.Settings(k=params["top"], before=params["before"], after=params["after"], bands=params["bands"],
-                           per_band=params["per_band"], bins=params["bins"], threshold=0.0, active_only=True,
-                           seed=params["seed"])
+    settings = settings_of(params, active_only=True)
     batches = unit_batches(adapter, prompts, sorted(set(sites.inputs)), fx.reader(sae, sites, feats), len(index),
                            ctx.max_rows)
     found = ex.collect(batches, len(index), settings)

@@ -76,16 +76,22 @@ def unit_batches(adapter: Any, prompts: Prompts, sites: list[Site], read: Callab
     return batches
 
 
-# What to collect per unit; shared with `examples direction v ...` (stdlib/ops/direction_examples.py).
-SETTINGS = (
-    Param("top", int, 20, minimum=1, ceiling=10_000, doc="top-activating examples per unit"),
-    Param("before", int, 8, minimum=0, ceiling=1_000, doc="tokens shown before an example's token"),
-    Param("after", int, 4, minimum=0, ceiling=1_000, doc="tokens shown after it"),
-    Param("bands", int, 5, minimum=1, ceiling=1_000, doc="equal intervals of (0, max] sampled from"),
-    Param("per_band", int, 3, minimum=1, ceiling=1_000, doc="examples drawn from each interval"),
-    Param("bins", int, 32, minimum=1, ceiling=100_000, doc="histogram bins between the min and the max"),
-    Param("seed", int, 0, minimum=0, doc="seed of the interval samples"),
-)
+def example_params(top: int = 20, after: int = 4, per_band: int = 3, bins: int = 32,
+                   bins_doc: str = "histogram bins between the min and the max") -> tuple[Param, ...]:
+    """What to collect per unit (`settings_of` reads them back); shared by `examples neurons`,
+    `examples direction` and the dictionary `dashboard`, each with its own defaults."""
+    return (
+        Param("top", int, top, minimum=1, ceiling=10_000, doc="top-activating examples per unit"),
+        Param("before", int, 8, minimum=0, ceiling=1_000, doc="tokens shown before an example's token"),
+        Param("after", int, after, minimum=0, ceiling=1_000, doc="tokens shown after it"),
+        Param("bands", int, 5, minimum=1, ceiling=1_000, doc="equal intervals of (0, max] sampled from"),
+        Param("per_band", int, per_band, minimum=0, ceiling=1_000, doc="examples drawn from each interval"),
+        Param("bins", int, bins, minimum=1, ceiling=100_000, doc=bins_doc),
+        Param("seed", int, 0, minimum=0, doc="seed of the interval samples"),
+    )
+
+
+SETTINGS = example_params()
 
 
 @spec.operator(
@@ -124,9 +130,11 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
                          {"site": kind.name, "neurons": index})
 
 
-def settings_of(params: dict) -> ex.Settings:
+def settings_of(params: dict, active_only: bool = False) -> ex.Settings:
+    """The collection settings of `example_params` values."""
     return ex.Settings(k=params["top"], before=params["before"], after=params["after"], bands=params["bands"],
-                       per_band=params["per_band"], bins=params["bins"], threshold=0.0, seed=params["seed"])
+                       per_band=params["per_band"], bins=params["bins"], threshold=0.0, active_only=active_only,
+                       seed=params["seed"])
 
 
 def collect_units(adapter: Any, prompts: Prompts, sites: list[Site], read: Callable[[dict], torch.Tensor],
