@@ -57,12 +57,17 @@ def stdlib_loaded():
 # in float32 even in a float64 model.
 CIRCUIT_ARCHS = ("gpt2", "neox", "neox_seq", "llama")
 CIRCUIT_TOL = {"gpt2": 1e-9, "neox": 3e-6, "neox_seq": 3e-6, "llama": 1e-5}
+# The tiny BERT-style encoder, for the operators that also read encoders (probes, attention, similarity,
+# top examples): circuit_models("bert") builds it the same way (no circuit tolerance: no circuit method
+# runs on it).
+ENCODER_ARCHS = ("bert",)
 
 
 @pytest.fixture(scope="session")
 def circuit_models(tmp_path_factory, tiny_gpt2_dir):
-    """arch -> a namespace with the tiny model's dir, its float32 adapter, a float64 copy, the
-    model artifact the engine would hand an operator, and `tol` (see CIRCUIT_TOL)."""
+    """arch (CIRCUIT_ARCHS or ENCODER_ARCHS) -> a namespace with the tiny model's dir, its float32
+    adapter, a float64 copy, the model artifact the engine would hand an operator, and `tol` (see
+    CIRCUIT_TOL)."""
     import copy
     import json
     from types import SimpleNamespace
@@ -84,7 +89,7 @@ def circuit_models(tmp_path_factory, tiny_gpt2_dir):
             art = Artifact(data={"source": "hf", "ref": str(path), "options": {"dtype": "float32"}, "path": str(path),
                                  "fingerprint": model_fingerprint(path), "libs": {}, "info": describe_dir(path).as_dict()})
             made[arch] = SimpleNamespace(arch=arch, dir=path, adapter=a, adapter64=a64, artifact=art,
-                                         tol=CIRCUIT_TOL[arch])
+                                         tol=CIRCUIT_TOL.get(arch))
         return made[arch]
 
     return get

@@ -9,10 +9,9 @@ import torch
 
 import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.attention  # noqa: F401  (registers the operator under test)
-from conftest import CIRCUIT_ARCHS
+from conftest import CIRCUIT_ARCHS, ENCODER_ARCHS
 from mechstudy.engine import spec
 from mechstudy.engine.context import Context
-from mechstudy.engine.spec import Artifact
 from mechstudy.stdlib.representations import heads as hs
 from repr_refs import reference_scores
 
@@ -34,23 +33,11 @@ def test_scores_equal_the_loop_reference_on_random_patterns():
         assert (total[name] / counts[name]).tolist() == pytest.approx(want[name], abs=1e-12)
 
 
-@pytest.fixture(scope="module", params=CIRCUIT_ARCHS + ("bert",))
-def m(request, circuit_models, tmp_path_factory):
-    from types import SimpleNamespace
-
-    from mechstudy.engine.fingerprint import model_fingerprint
+@pytest.fixture(scope="module", params=CIRCUIT_ARCHS + ENCODER_ARCHS)
+def m(request, circuit_models):
     from mechstudy.stdlib.datasets.ioi import generate
-    from mechstudy.stdlib.models.base import load_adapter
-    from mechstudy.stdlib.models.sources import describe_dir
-    from tiny_models import build
 
-    if request.param == "bert":
-        path = build("bert", tmp_path_factory.mktemp("bert"))
-        art = Artifact(data={"source": "hf", "ref": str(path), "options": {"dtype": "float32"}, "path": str(path),
-                             "fingerprint": model_fingerprint(path), "libs": {}, "info": describe_dir(path).as_dict()})
-        got = SimpleNamespace(arch="bert", adapter=load_adapter(path), artifact=art)
-    else:
-        got = circuit_models(request.param)
+    got = circuit_models(request.param)
     got.ioi = generate(got.adapter.tokenizer, n=6, seed=4)
     return got
 

@@ -10,7 +10,7 @@ import torch
 
 import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.top_examples  # noqa: F401  (registers the operator under test)
-from conftest import CIRCUIT_ARCHS
+from conftest import CIRCUIT_ARCHS, ENCODER_ARCHS
 from mechstudy.engine import spec
 from mechstudy.engine.context import Context
 from mechstudy.engine.spec import Artifact
@@ -115,23 +115,11 @@ def test_tables_mark_the_example_token():
 # ---- the operator, on every architecture ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=CIRCUIT_ARCHS + ("bert",))
-def m(request, circuit_models, tmp_path_factory):
-    from types import SimpleNamespace
-
-    from mechstudy.engine.fingerprint import model_fingerprint
+@pytest.fixture(scope="module", params=CIRCUIT_ARCHS + ENCODER_ARCHS)
+def m(request, circuit_models):
     from mechstudy.stdlib.datasets.corpus import pack
-    from mechstudy.stdlib.models.base import load_adapter
-    from mechstudy.stdlib.models.sources import describe_dir
-    from tiny_models import build
 
-    if request.param == "bert":
-        path = build("bert", tmp_path_factory.mktemp("bert"))
-        art = Artifact(data={"source": "hf", "ref": str(path), "options": {"dtype": "float32"}, "path": str(path),
-                             "fingerprint": model_fingerprint(path), "libs": {}, "info": describe_dir(path).as_dict()})
-        got = SimpleNamespace(adapter=load_adapter(path), artifact=art)
-    else:
-        got = circuit_models(request.param)
+    got = circuit_models(request.param)
     docs = ["John and Mary went to the store", "Mary gave a drink to John", "the cat sat on the mat"] * 6
     got.corpus = Artifact(tensors=pack(docs, got.adapter.tokenizer, context=12, tokens=120))
     return got

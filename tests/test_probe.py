@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.probe  # noqa: F401  (registers the operator under test)
-from conftest import CIRCUIT_ARCHS
+from conftest import CIRCUIT_ARCHS, ENCODER_ARCHS
 from mechstudy.engine import spec
 from mechstudy.engine.context import Context
 from mechstudy.engine.spec import Artifact
@@ -46,20 +46,8 @@ def _labelled_ioi(tokenizer, token_level: bool) -> Artifact:
     return Artifact(tensors=t, tables=art.tables, data={**art.data, "label_classes": classes})
 
 
-@pytest.fixture(scope="module", params=CIRCUIT_ARCHS + ("bert",))
-def m(request, circuit_models, tmp_path_factory):
-    from types import SimpleNamespace
-
-    from mechstudy.engine.fingerprint import model_fingerprint
-    from mechstudy.stdlib.models.base import load_adapter
-    from mechstudy.stdlib.models.sources import describe_dir
-    from tiny_models import build
-
-    if request.param == "bert":
-        path = build("bert", tmp_path_factory.mktemp("bert"))
-        art = Artifact(data={"source": "hf", "ref": str(path), "options": {"dtype": "float32"}, "path": str(path),
-                             "fingerprint": model_fingerprint(path), "libs": {}, "info": describe_dir(path).as_dict()})
-        return SimpleNamespace(arch="bert", adapter=load_adapter(path), artifact=art)
+@pytest.fixture(scope="module", params=CIRCUIT_ARCHS + ENCODER_ARCHS)
+def m(request, circuit_models):
     return circuit_models(request.param)
 
 

@@ -14,10 +14,9 @@ from scipy.stats import spearmanr
 
 import mechstudy.stdlib.models.sources  # noqa: F401  (registers the hf and zoo model sources)
 import mechstudy.stdlib.ops.similarity  # noqa: F401  (registers the operator under test)
-from conftest import CIRCUIT_ARCHS
+from conftest import CIRCUIT_ARCHS, ENCODER_ARCHS
 from mechstudy.engine import spec
 from mechstudy.engine.context import Context
-from mechstudy.engine.spec import Artifact
 from mechstudy.stdlib.representations import similarity as S
 
 
@@ -83,27 +82,12 @@ def test_rsa_equals_scipy_spearman_of_correlation_rdms():
     assert got == pytest.approx(want, abs=1e-9)
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    from types import SimpleNamespace
-
-    from mechstudy.engine.fingerprint import model_fingerprint
-    from mechstudy.stdlib.models.base import load_adapter
-    from mechstudy.stdlib.models.sources import describe_dir
-    from tiny_models import build
-
-    path = build("bert", tmp_path_factory.mktemp("bert"))
-    art = Artifact(data={"source": "hf", "ref": str(path), "options": {"dtype": "float32"}, "path": str(path),
-                         "fingerprint": model_fingerprint(path), "libs": {}, "info": describe_dir(path).as_dict()})
-    return SimpleNamespace(adapter=load_adapter(path), artifact=art)
-
-
-@pytest.mark.parametrize("arch", CIRCUIT_ARCHS + ("bert",))
+@pytest.mark.parametrize("arch", CIRCUIT_ARCHS + ENCODER_ARCHS)
 @pytest.mark.parametrize("method", S.METHODS)
-def test_operator_equals_hand_formulas_on_hf_hidden_states(circuit_models, encoder, arch, method):
+def test_operator_equals_hand_formulas_on_hf_hidden_states(circuit_models, arch, method):
     from mechstudy.stdlib.datasets.ioi import generate
 
-    m = encoder if arch == "bert" else circuit_models(arch)
+    m = circuit_models(arch)
     ioi = generate(m.adapter.tokenizer, n=12, seed=6)
     out = spec.OPS["similarity"].execute({"model": m.artifact, "dataset": ioi},
                                          {"component": "resid_pre", "method": method, "positions": "all"},
