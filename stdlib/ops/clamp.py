@@ -43,12 +43,14 @@ KINDS = ("sae", "transcoder")
 
 def clamp_edits(adapter: Any, sae: Dictionary, sites: Sites, features: torch.Tensor, value: float | None,
                 scale: float, ids: torch.Tensor, mask: torch.Tensor | None, rows: list[int] | None = None,
-                ) -> tuple[list[Edit], torch.Tensor]:
+                acts: Mapping[Any, torch.Tensor] | None = None) -> tuple[list[Edit], torch.Tensor]:
     """The edits that clamp `features` on a [B, S] batch (on `rows`, default all) and the features'
     activations before [B, S, n]. The read site is captured from an unedited forward: the edit is at
-    the written site, which is never upstream of the read one (same site, or mlp_out after resid_mid)."""
+    the written site, which is never upstream of the read one (same site, or mlp_out after resid_mid).
+    `acts`: the read sites already captured from that unedited forward (else it is run here)."""
     with torch.no_grad():
-        acts = adapter.capture(ids, mask, sites.inputs)
+        if acts is None:
+            acts = adapter.capture(ids, mask, sites.inputs)
         x = torch.cat([acts[s].flatten(2).float().cpu() for s in sites.inputs], -1)
         f = sae.encode(x)[..., features]
         new = torch.full_like(f, float(value)) if value is not None else f * float(scale)
@@ -123,8 +125,9 @@ def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
         for rows in chunks(n, ctx.max_rows):
             ids, mask = trimmed(prompts.ids, prompts.attention_mask, rows)
             at = prompts.read_pos[rows]
-            plain.append(adapter.forward(ids, mask, logits_at=at).logits.double().cpu())
-            edits, f = clamp_edits(adapter, sae, sites, feats, value, scale, ids, mask)
+            out = adapter.forward(ids, mask, capture=sites.inputs, logits_at=at)  # logits and the read site at once
+            plain.append(out.logits.double().cpu())
+            edits, f = clamp_edits(adapter, sae, sites, feats, value, scale, ids, mask, acts=out.acts)
             clamped.append(adapter.forward(ids, mask, edits=edits, logits_at=at).logits.double().cpu())
             before.append(f[torch.arange(len(rows)), at.cpu()])
     plain, clamped, before = torch.cat(plain), torch.cat(clamped), torch.cat(before)

@@ -37,11 +37,12 @@ from mechstudy.stdlib.dictionary.use import feature_list, open_dictionary, plan_
 DIRECTIONS = ("denoising", "noising")
 
 
-def _features(adapter: Any, sae: Any, sites: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """All features [B, S, F] of an unedited forward, and the written site's shape."""
-    acts = adapter.capture(ids, mask, list(dict.fromkeys([*sites.inputs, *sites.outputs])))
-    x = torch.cat([acts[s].flatten(2).float().cpu() for s in sites.inputs], -1)
-    return sae.encode(x), {s: tuple(acts[s].shape) for s in sites.outputs}
+def _run(adapter: Any, sae: Any, sites: Any, ids: torch.Tensor, mask: torch.Tensor,
+         at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One unedited forward: the logits at `at`, all features [B, S, F], the written site's shape."""
+    out = adapter.forward(ids, mask, capture=list(dict.fromkeys([*sites.inputs, *sites.outputs])), logits_at=at)
+    x = torch.cat([out.acts[s].flatten(2).float().cpu() for s in sites.inputs], -1)
+    return out.logits.double().cpu(), sae.encode(x), {s: tuple(out.acts[s].shape) for s in sites.outputs}
 
 
 @spec.operator(
@@ -91,12 +92,10 @@ def run(inputs: Mapping[str, Artifact], params: dict, ctx: Any) -> Artifact:
             x_ids, _ = trimmed(pairs.corrupted_ids, pairs.attention_mask, rows)
             at = pairs.answer_pos[rows_t]
             b = torch.arange(len(rows))
-            fc, shapes = _features(adapter, sae, sites, c_ids, mask)
-            fx, _ = _features(adapter, sae, sites, x_ids, mask)
+            lc, fc, shapes = _run(adapter, sae, sites, c_ids, mask, at)
+            lx, fx, _ = _run(adapter, sae, sites, x_ids, mask, at)
             f_clean_at.append(fc[b, at.cpu()][:, feats])
             f_corr_at.append(fx[b, at.cpu()][:, feats])
-            lc = adapter.forward(c_ids, mask, logits_at=at).logits.double().cpu()
-            lx = adapter.forward(x_ids, mask, logits_at=at).logits.double().cpu()
             clean_logits.append(lc)
             corr_logits.append(lx)
             base_ids = c_ids if noising else x_ids
