@@ -29,7 +29,7 @@ import polars as pl
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact
 from mechstudy.stdlib.charts import empty_chart
-from mechstudy.stdlib.representations.charts import CHAR_PX, LINE_PX, _shown
+from mechstudy.stdlib.representations.charts import LINE_PX, token_row
 
 SEARCH_FIELDS = ("top_tokens", "promotes", "explanation")
 
@@ -73,14 +73,9 @@ def _example_values(sub: pl.DataFrame, prefix: str) -> tuple[list[dict], list[st
             f"band {e['band'] + 1}  {e['activation']:.3g}"
         line = f"{label} ({e['row']}:{e['position']})"
         lines.append(line)
-        x = 0.0
-        for j, (tok, act) in enumerate(zip(e["tokens"], e["acts"])):
-            text, width = _shown(tok)
-            w = width * CHAR_PX + 4
-            values.append({"line": line, "x0": x, "x1": x + w, "tx": x + 2 + (width - len(text)) * CHAR_PX,
-                           "token": text, "activation": act, "shade": act / peak, "example": j == e["at"]})
-            x += w
-        widest = max(widest, x)
+        row = token_row(line, e["tokens"], e["acts"], e["at"], peak)
+        values += row
+        widest = max(widest, row[-1]["x1"] if row else 0.0)
     return values, lines, widest
 
 

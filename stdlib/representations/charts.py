@@ -64,6 +64,19 @@ def _shown(token: str) -> tuple[str, int]:
     return text.strip(" "), max(1, len(text)) if text.strip(" ") else max(1, lead)
 
 
+def token_row(line: str, tokens: list[str], acts: list[float], at: int, peak: float) -> list[dict]:
+    """One example drawn as a row of token boxes (an `examples` chart's line): x extents, the shown
+    text, the activation and its shade (act / peak), and which box is the example's token."""
+    out, x = [], 0.0
+    for j, (tok, act) in enumerate(zip(tokens, acts)):
+        text, width = _shown(tok)
+        w = width * CHAR_PX + 4
+        out.append({"line": line, "x0": x, "x1": x + w, "tx": x + 2 + (width - len(text)) * CHAR_PX,
+                    "token": text, "activation": act, "shade": act / peak, "example": j == at})
+        x += w
+    return out
+
+
 @spec.chart("examples")
 def render_examples(artifact: Artifact, title: str | None) -> dict:
     """Top-activating examples, one per line, each token shaded by the unit's activation on it
@@ -88,14 +101,9 @@ def render_examples(artifact: Artifact, title: str | None) -> dict:
         for ex in sub.iter_rows(named=True):
             line = f"{name}  #{ex['rank'] + 1}  {ex['activation']:.3g}"
             lines.append(line)
-            x = 0.0
-            for j, (tok, act) in enumerate(zip(ex["tokens"], ex["acts"])):
-                text, width = _shown(tok)
-                w = width * CHAR_PX + 4
-                values.append({"line": line, "x0": x, "x1": x + w, "tx": x + 2 + (width - len(text)) * CHAR_PX,
-                               "token": text, "activation": act, "shade": act / peak, "example": j == ex["at"]})
-                x += w
-            widest = max(widest, x)
+            row = token_row(line, ex["tokens"], ex["acts"], ex["at"], peak)
+            values += row
+            widest = max(widest, row[-1]["x1"] if row else 0.0)
     if not values:
         return _empty("No examples to draw.", title)
     base = alt.Chart(alt.NamedData(name="examples"))
