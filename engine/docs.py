@@ -118,6 +118,14 @@ def models_listing() -> str:
 
                     out.append("  per dataset split (measured on the generators' own prompts):")
                     out.extend(f"    {line}" for line in split_lines(v))
+                elif k == "circuits" and isinstance(v, dict):
+                    out.append(f"  circuits (measured by {v['study']}; {v['convention']}):")
+                    out.extend(f"    - {line}" for line in v["findings"])
+                elif isinstance(v, dict) and "best_induction_head" in v:
+                    ind, prev = v["best_induction_head"], v["best_previous_token_head"]
+                    out.append(f"  {k}: best prefix matching {ind['prefix_matching']:.3f} (head {ind['layer']}.{ind['head']}), "
+                               f"best previous-token {prev['previous_token']:.3f} (head {prev['layer']}.{prev['head']}), "
+                               f"loss first half {v['loss_first_half']:.2f}, repeated half {v['loss_repeated_half']:.2f}")
                 else:
                     out.append(f"  {k}: {_brief(v)}")
         splits = path / "splits.json"

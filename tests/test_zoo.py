@@ -49,7 +49,7 @@ def mini():
 # ---------------------------------------------------------------------------------------- shipped
 
 
-@pytest.mark.parametrize("name", ["attn2", "mini"])
+@pytest.mark.parametrize("name", ["attn2", "mini", "small"])
 def test_shipped_directory_is_small_and_complete(name):
     path = MODELS_DIR / name
     for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",

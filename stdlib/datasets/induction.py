@@ -21,6 +21,11 @@ distinct tokens per sequence), `logit_diff` is logit(r_L) - logit(q_L), and ever
 length, so a position means the same thing in every prompt (no padding; `attention_mask` is all ones).
 The default length 20 is a copy offset the zoo model ``attn2`` never saw in training (it holds out
 multiples of 10), and it fits the context of every model here.
+
+``tokens="words"`` draws r and q from the one-token words of the stdlib's word lists instead of the
+whole vocabulary: a model trained on a small corpus (the zoo's ``small``) never read most ids of its
+byte-level vocabulary, whose embeddings stay untrained, and its induction heads are measured on
+tokens it has read.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from mechstudy.engine.spec import Artifact, Param
 from mechstudy.stdlib.datasets import tokenizer_of
 
 CORRUPTIONS = ("first_half", "answer")
+TOKEN_SETS = ("all", "words")
 
 
 def candidate_tokens(tokenizer: Any, vocab_min: int | None = None, vocab_max: int | None = None,
@@ -52,6 +58,16 @@ def candidate_tokens(tokenizer: Any, vocab_min: int | None = None, vocab_max: in
     return [t for t in range(max(lo, 0), hi) if t not in special]
 
 
+def word_tokens(tokenizer: Any) -> list[int]:
+    """Ids of the one-token words of the stdlib's word lists (IOI names, places and objects,
+    Greater-Than nouns, the zoo corpus's filler words), each with its leading space, in this
+    tokenizer: tokens a model trained on text has read, unlike many ids of a byte-level vocabulary."""
+    from mechstudy.stdlib.zoo import corpus as zc
+
+    ids = (tokenizer.encode(" " + w, add_special_tokens=False) for w in zc.copy_words())
+    return sorted({i[0] for i in ids if len(i) == 1})
+
+
 def bos_id(tokenizer: Any) -> int:
     tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if tid is None:
@@ -61,7 +77,7 @@ def bos_id(tokenizer: Any) -> int:
 
 def generate(tokenizer: Any, n: int = 32, length: int = 20, seed: int = 0, vocab_min: int | None = None,
              vocab_max: int | None = None, prepend_bos: bool = True, corrupt: str = "first_half",
-             limit: int | None = None) -> Artifact:
+             limit: int | None = None, tokens: str = "all") -> Artifact:
     """Build `n` repeated-token sequences and their clean/corrupted prompts (see the module docstring).
 
     Args:
@@ -73,9 +89,15 @@ def generate(tokenizer: Any, n: int = 32, length: int = 20, seed: int = 0, vocab
         raise ValueError(f"induction: length must be at least 2 (got {length})")
     if corrupt not in CORRUPTIONS:
         raise ValueError(f"induction: corrupt must be one of {', '.join(CORRUPTIONS)}; got {corrupt!r}")
+    if tokens not in TOKEN_SETS:
+        raise ValueError(f"induction: tokens must be one of {', '.join(TOKEN_SETS)}; got {tokens!r}")
     cands = candidate_tokens(tokenizer, vocab_min, vocab_max, limit)
+    if tokens == "words":
+        allowed = set(cands)
+        cands = [t for t in word_tokens(tokenizer) if t in allowed]
     if len(cands) < 2 * length:
-        raise ValueError(f"induction: only {len(cands)} non-special tokens in [{vocab_min}, {vocab_max}); "
+        what = "one-token words" if tokens == "words" else "non-special tokens"
+        raise ValueError(f"induction: only {len(cands)} {what} in [{vocab_min}, {vocab_max}); "
                          f"length={length} needs {2 * length} distinct ones")
     rng = random.Random(seed)
     head = [bos_id(tokenizer)] if prepend_bos else []
@@ -104,7 +126,7 @@ def generate(tokenizer: Any, n: int = 32, length: int = 20, seed: int = 0, vocab
         "second_half": torch.arange(b + L, b + 2 * L),
     }
     data = {"n": n, "length": L, "seed": seed, "prepend_bos": prepend_bos, "corrupt": corrupt,
-            "vocab_min": vocab_min, "vocab_max": vocab_max, "candidates": len(cands), "padding": "none",
+            "vocab_min": vocab_min, "vocab_max": vocab_max, "tokens": tokens, "candidates": len(cands), "padding": "none",
             "max_len": int(width)}
     return Artifact(tensors=tensors, tables={"prompts": pl.DataFrame(rows)}, data=data)
 
@@ -150,6 +172,8 @@ def _fits(p: dict, info: Any) -> None:
         Param("vocab_min", int, None, minimum=0, doc="smallest token id drawn (default 0; special tokens never)"),
         Param("vocab_max", int, None, minimum=1, doc="token ids drawn are below this (default: the model's vocabulary)"),
         Param("prepend_bos", bool, True, doc="start every sequence with the BOS (else EOS) token"),
+        Param("tokens", str, "all", choices=TOKEN_SETS,
+              doc="all: any non-special id; words: the one-token words of the stdlib's word lists (names, places, nouns)"),
         Param("corrupt", str, "first_half", choices=CORRUPTIONS,
               doc="first_half: fresh first copy (nothing to copy); answer: replace only the answer's first occurrence"),
     ],
@@ -162,5 +186,5 @@ def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
     model = inputs["model"]
     tok = tokenizer_of(model, ctx)
     limit = (model.data.get("info") or {}).get("d_vocab")
-    keys = ("n", "length", "seed", "vocab_min", "vocab_max", "prepend_bos", "corrupt")
+    keys = ("n", "length", "seed", "vocab_min", "vocab_max", "prepend_bos", "corrupt", "tokens")
     return generate(tok, **{k: params[k] for k in keys if k in params}, limit=limit)

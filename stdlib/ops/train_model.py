@@ -16,7 +16,7 @@ from typing import Any
 from mechstudy.engine import spec
 from mechstudy.engine.spec import Artifact, Param
 
-RECIPE_NAMES = ("attn2", "mini")
+RECIPE_NAMES = ("attn2", "mini", "small")
 
 
 @spec.operator(
@@ -36,7 +36,7 @@ RECIPE_NAMES = ("attn2", "mini")
     example="attn2 = train model using attn2 steps=20 seed=0",
 )
 def run(inputs: dict, params: dict, ctx: Any) -> Artifact:
-    """Train a zoo model (attn2 or mini) by its deterministic CPU recipe."""
+    """Train a zoo model (attn2, mini or small) by its deterministic CPU recipe."""
     from mechstudy.stdlib.zoo import build
 
     return build.train_artifact(params["method"], steps=params["steps"], seed=params["seed"], lr=params["lr"],

@@ -8,12 +8,14 @@ Each model lives in ``models/<name>/`` as a standard Hugging Face directory (``c
   random tokens with repeated segments; it has a previous-token head and induction heads.
 - ``mini``: a 3-layer GPT-2 trained on a synthetic English corpus holding the shapes the stdlib
   studies (IOI, Greater-Than, factual recall, sentiment, days/months, repeats, filler).
+- ``small``: GPT-2's block with rotary positions (a sequential GPT-NeoX), 2 layers with MLPs, trained on
+  mini's corpus plus attn2's repeat rows: induction heads, and IOI on templates it never read.
 
 The recipes (``train.py``, corpora in ``corpus.py``) are deterministic on CPU; ``python -m
 mechstudy.stdlib.zoo.build all`` (``make zoo``) retrains and rewrites the shipped directories.
 
 >>> sorted(names())
-['attn2', 'mini']
+['attn2', 'mini', 'small']
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-ZOO_NAMES = ("attn2", "mini")
+ZOO_NAMES = ("attn2", "mini", "small")
 
 
 def names() -> list[str]:

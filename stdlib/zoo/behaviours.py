@@ -116,6 +116,8 @@ def attention_out_proj(model: Any, layer: int) -> torch.nn.Module:
     """The module whose input is the concatenation of one layer's head outputs (z)."""
     if hasattr(model, "transformer"):  # GPT-2
         return model.transformer.h[layer].attn.c_proj
+    if hasattr(model, "gpt_neox"):  # GPT-NeoX (zoo small)
+        return model.gpt_neox.layers[layer].attention.dense
     return model.model.layers[layer].self_attn.o_proj  # Llama
 
 

@@ -2,6 +2,7 @@
 
     python -m mechstudy.stdlib.zoo.build [attn2|mini|all] [--steps N] [--seed S] [--out DIR] [--cards-only]
     python -m mechstudy.stdlib.zoo.build mini --remeasure   # per-split behaviours of the shipped weights
+    python -m mechstudy.stdlib.zoo.build small --describe   # its circuits, by studies/circuits/small.study
 
 Each model is trained by `train_artifact` (the function a study's ``train model using NAME``
 runs through the `train_model` operator), measured on its held-out sets, and written as
@@ -27,7 +28,10 @@ from tokenizers import Tokenizer
 
 from mechstudy.engine.spec import Artifact
 from mechstudy.stdlib.zoo import MODELS_DIR, ZOO_NAMES, card, measure as M, vocab
+from mechstudy.stdlib.zoo.describe import describe
 from mechstudy.stdlib.zoo.train import Trained
+
+DESCRIBED = ("small",)  # zoo models whose circuits a study of studies/circuits/ describes after the build
 
 
 def measure(trained: Trained) -> dict:
@@ -35,6 +39,8 @@ def measure(trained: Trained) -> dict:
     with torch.no_grad():
         if trained.name == "attn2":
             return M.measure_attn2(trained.model)
+        if trained.name == "small":
+            return M.measure_small(trained.model, trained.tokenizer)
         return M.measure_mini(trained.model, trained.tokenizer)
 
 
@@ -124,11 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", type=Path, default=MODELS_DIR, help="parent directory to write into")
     ap.add_argument("--cards-only", action="store_true", help="only re-render README.md from behaviours.json")
+    ap.add_argument("--describe", action="store_true",
+                    help="run studies/circuits/NAME.study on the shipped weights, store its findings, re-render README.md")
     ap.add_argument("--remeasure", action="store_true",
                     help="measure the shipped weights on each dataset split (behaviours.json per_split), re-render README.md")
     args = ap.parse_args(argv)
     for name in ZOO_NAMES if args.which == "all" else (args.which,):
-        if args.remeasure:
+        if args.describe:
+            if name in DESCRIBED:
+                describe(name, Path(args.out) / name)
+                rewrite_card(Path(args.out) / name)
+        elif args.remeasure:
             if (Path(args.out) / name / "splits.json").is_file():
                 M.remeasure_splits(Path(args.out) / name)
             rewrite_card(Path(args.out) / name)
@@ -136,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             rewrite_card(Path(args.out) / name)
         else:
             build(name, args.out, steps=args.steps, seed=args.seed)
+            if name in DESCRIBED and args.steps is None and args.seed is None and Path(args.out).resolve() == MODELS_DIR.resolve():
+                describe(name, Path(args.out) / name)
+                rewrite_card(Path(args.out) / name)
     return 0
 
 

@@ -105,6 +105,68 @@ Baseline logit difference {base:.2f}. Effect = ablated minus baseline.
 {ablation}
 """
 
+_SMALL = """# small: a GPT-2-style model with induction heads and IOI on templates it never read
+
+Part of the mechstudy zoo. Recipe: `studies/zoo/small.study` (`train model using small`), code in
+`mechstudy/stdlib/zoo/` (`train.py`, `corpus.py`); rebuild with `make zoo`.
+
+## Architecture
+
+GPT-2's block with rotary positions: `GPTNeoXForCausalLM` with `use_parallel_residual=false` (so each
+block is sequential, attention then MLP, as in GPT-2), {n_layers} layers, {n_heads} heads of dimension
+{d_head}, d_model {d_model}, GELU MLP of {d_mlp}, LayerNorm, biases, rotary positions on every
+dimension of q and k (theta 10000, {n_ctx} positions), untied unembedding, no dropout, {params:,}
+parameters (fp32). Tokenizer: mini's (byte-level BPE trained on the same corpus, {vocab} tokens,
+`<|endoftext|>` = 0).
+
+Why not GPT-2's learned absolute positions: {why_rotary}
+
+## Training data
+
+mini's {n_docs:,} documents ({corpus_tokens:,} tokens, the same held-out templates, name pairs and
+nouns; see mini's card) and rows of random tokens in which segments of 8-40 tokens are copied at
+offsets that are never a multiple of 10 (attn2's rows), drawn from the {repeat_vocab} one-token words of
+the corpus (its word pool and IOI names: `train.repeat_token_ids`). Steps 0-{warm_short_steps}: copies
+only, {short_batch} rows of {short_seq_len} tokens; to step {warm_steps}: copies only, {repeat_batch}
+rows of {seq_len}; then one step in {copy_every} copies ({repeat_batch} x {seq_len}) and the others text ({text_short_batch}
+rows of {text_short_seq_len} tokens until step {short_steps}, then {text_batch} rows of {seq_len}).
+The MLPs' output projections are held at zero until step {warm_steps} (attention-only, as attn2).
+Pilots: {pilots} Initialisation std
+{init_range}. {steps} AdamW steps, peak lr {lr}, seed {seed}, {threads} CPU thread(s), {seconds} s of
+training (tokenizer and corpus included) on the build machine.
+
+## Induction
+
+On `[BOS][r_1..r_n][r_1..r_n]` with n in {offsets} (copy offsets training never used, draws from a
+seed training never used), averaged over the four lengths:
+
+| repeated tokens | best prefix matching | best previous-token | loss first / repeated half |
+|---|---|---|---|
+{induction_rows}
+
+Prefix-matching scores on the corpus's words (rows: layers, columns: heads):
+
+{prefix_table}
+
+Previous-token scores:
+
+{prev_table}
+
+## Measured behaviours (held-out sets of mini's recipe)
+
+| behaviour | value |
+|---|---|
+{rows}
+
+## Single-head ablations (IOI logit difference on held-out templates and name pairs)
+
+Baseline logit difference {base:.2f}. Effect = ablated minus baseline.
+
+| layer.head | zero-ablation effect | mean-ablation effect |
+|---|---|---|
+{ablation}
+{circuits}"""
+
 
 SPLIT_NOTE = (
     "novel = templates and sentence forms that never occur in its training text (the datasets' default "
@@ -148,7 +210,7 @@ def render(summary: dict, config: Any) -> str:
     """The model card for a `build.write_model_dir` summary."""
     info, beh = summary["info"], summary["behaviours"]
     common = dict(n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads, d_model=config.hidden_size,
-                  vocab=config.vocab_size, params=summary["parameters"], steps=info["steps"], batch=info["batch"],
+                  vocab=config.vocab_size, params=summary["parameters"], steps=info["steps"], batch=info.get("batch"),
                   lr=info["lr"], seed=info["seed"], threads=info["threads"], seconds=info["train_seconds"])
     if not beh:  # trained with measure=False
         return _HEADER + (f"# {summary['name']} (mechstudy zoo recipe, {info['steps']} steps, seed {info['seed']})\n\n"
@@ -165,6 +227,38 @@ def render(summary: dict, config: Any) -> str:
             uniform=math.log(config.vocab_size - 1), loss1=beh["loss_first_half"],
             loss2=beh["loss_repeated_half"], prefix_table=_matrix(beh["prefix_matching"]),
             prev_table=_matrix(beh["previous_token"]))
+    rows, ablation = _task_rows(beh), _ablation_rows(beh)
+    if summary["name"] == "small":
+        words = beh["induction_words"]
+
+        def ind_row(label: str, r: dict) -> str:
+            i, p = r["best_induction_head"], r["best_previous_token_head"]
+            return (f"| {label} | {i['prefix_matching']:.3f} (a{i['layer']}.h{i['head']}) | {p['previous_token']:.3f} "
+                    f"(a{p['layer']}.h{p['head']}) | {r['loss_first_half']:.2f} / {r['loss_repeated_half']:.2f} |")
+
+        induction_rows = "\n".join([ind_row(f"the corpus's {info['repeat_vocab']} one-token words", words),
+                                     ind_row(f"uniform over the whole vocabulary ({config.vocab_size - 1})",
+                                             beh["induction_random_tokens"])])
+        return _HEADER + _SMALL.format(
+            **{k: v for k, v in common.items() if k != "batch"}, d_head=config.hidden_size // config.num_attention_heads,
+            d_mlp=config.intermediate_size, n_ctx=config.max_position_embeddings, why_rotary=info["why_rotary"],
+            n_docs=info["n_docs"], corpus_tokens=info["corpus_tokens"],
+            **{k: info[k] for k in ("warm_short_steps", "warm_steps", "short_steps", "short_seq_len", "short_batch",
+                                    "text_short_seq_len", "text_short_batch", "text_batch", "repeat_batch",
+                                    "seq_len", "init_range", "repeat_vocab", "copy_every")}, pilots=info.get("pilots", ""),
+            offsets=words["offsets"], induction_rows=induction_rows, prefix_table=_matrix(words["prefix_matching"]),
+            prev_table=_matrix(words["previous_token"]), rows="\n".join(rows), ablation=ablation,
+            base=beh["ioi_heldout_templates"]["logit_diff"], circuits=_circuits_section(beh.get("circuits")),
+        ) + _split_section(beh.get("per_split"))
+    return _HEADER + _MINI.format(
+        **common, n_ctx=config.n_positions, n_docs=info["n_docs"], corpus_tokens=info["corpus_tokens"],
+        seq_len=info["seq_len"], short_steps=info["short_steps"], short_seq_len=info["short_seq_len"],
+        short_batch=info["short_batch"], init_range=info["init_range"], rows="\n".join(rows), base=beh["ioi_heldout_templates"]["logit_diff"],
+        ablation=ablation) + _split_section(beh.get("per_split"))
+
+
+def _task_rows(beh: dict) -> list[str]:
+    """The table rows of mini's measurements (mini and small)."""
     rows = []
     for key, label in [("ioi_heldout_templates", "IOI, the recipe's held-out templates (paraphrased in its filler, "
                         "not novel): IO over S / mean logit diff"),
@@ -183,12 +277,21 @@ def render(summary: dict, config: Any) -> str:
     rows.append(f"| induction on repeated words: best prefix-matching / losses first, repeated half | "
                 f"{ind['best_induction_head']['prefix_matching']:.3f} / {ind['loss_first_half']:.2f}, "
                 f"{ind['loss_repeated_half']:.2f} |")
+    return rows
+
+
+def _ablation_rows(beh: dict) -> str:
     abl = beh["ioi_head_ablation"]
     zero = {(r["layer"], r["head"]): r["effect"] for r in abl["zero"]}
     mean = {(r["layer"], r["head"]): r["effect"] for r in abl["mean"]}
-    ablation = "\n".join(f"| {lay}.{h} | {zero[lay, h]:+.2f} | {mean[lay, h]:+.2f} |" for lay, h in sorted(zero))
-    return _HEADER + _MINI.format(
-        **common, n_ctx=config.n_positions, n_docs=info["n_docs"], corpus_tokens=info["corpus_tokens"],
-        seq_len=info["seq_len"], short_steps=info["short_steps"], short_seq_len=info["short_seq_len"],
-        short_batch=info["short_batch"], init_range=info["init_range"], rows="\n".join(rows), base=beh["ioi_heldout_templates"]["logit_diff"],
-        ablation=ablation) + _split_section(beh.get("per_split"))
+    return "\n".join(f"| {lay}.{h} | {zero[lay, h]:+.2f} | {mean[lay, h]:+.2f} |" for lay, h in sorted(zero))
+
+
+def _circuits_section(circuits: dict | None) -> str:
+    """What the stdlib's own studies found (behaviours.json "circuits", written by `build --describe`)."""
+    if not circuits:
+        return ""
+    lines = ["", "## Its circuits, as the stdlib's studies measure them", "",
+             f"Measured by `{circuits['study']}` ({circuits['convention']}).", ""]
+    lines += [f"- {finding}" for finding in circuits["findings"]]
+    return "\n".join(lines) + "\n"

@@ -224,6 +224,13 @@ def _word_pool() -> tuple[str, ...]:
     return tuple(sorted(set(lx.FILLER_NOUNS + lx.FILLER_ADJS + ioi["PLACES"] + ioi["OBJECTS"] + ioi["ANIMALS"] + gt["NOUNS"])))
 
 
+@lru_cache(maxsize=None)
+def copy_words() -> tuple[str, ...]:
+    """The words small's copies are drawn from and induction is scored on (`induction(tokens=words)`):
+    the word pool and every IOI name; a tokenizer keeps those that are one token with a leading space."""
+    return tuple(dict.fromkeys([*_word_pool(), *ioi_names()]))
+
+
 def _repeat_doc(rng: random.Random) -> str:
     words = rng.sample(_word_pool(), rng.randint(4, 10))
     return " ".join(words) + ". " + " ".join(words) + "."
@@ -267,7 +274,7 @@ def mini_documents(n_docs: int, seed: int) -> list[str]:
 
 # ------------------------------------------------------------------ a text model's corpus, streamed
 
-TEXT_RECIPES = ("mini",)  # zoo models trained on text (attn2 reads random tokens, the others are compiled)
+TEXT_RECIPES = ("mini", "small")  # zoo models trained on text (small: mini's documents; attn2 reads random tokens, the others are compiled)
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out documents: a seed stream no recipe trains on
 
 

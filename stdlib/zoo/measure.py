@@ -2,7 +2,8 @@
 
 `measure_attn2` scores induction on ``[BOS][r][r]`` with half-lengths 20, 30, 40, 50: offsets that
 are multiples of 10, which attn2 never saw in training, on token draws of a seed training never used.
-`measure_mini` scores each task of the mini corpus on what `corpus` held out of training.
+`measure_mini` scores each task of the mini corpus on what `corpus` held out of training;
+`measure_small` does both (small reads mini's corpus plus attn2-style repeat rows).
 
 Prompts are measured as written (no BOS) and, for IOI and Greater-Than, also after ``<|endoftext|>``
 (Hanna et al. prefix "<|endoftext|> "; TransformerLens prepends a BOS): both forms occur in training.
@@ -157,6 +158,31 @@ def measure_mini(model: Any, tok: Tokenizer, n_ioi: int = 256, n_gt: int = 200, 
     if ablation:
         prompts, io, s = encode_ioi(tok, heldout[:128], False)
         report["ioi_head_ablation"] = {mode: B.head_ablation_table(model, prompts, io, s, mode) for mode in ("zero", "mean")}
+    return report
+
+
+def measure_small(model: Any, tok: Tokenizer, n_seqs: int = 64) -> dict:
+    """mini's measurements (small reads mini's corpus and tokenizer) plus induction scored as attn2's
+    (copy offsets 20-50, which no training row used; draws from a seed training never used) on two
+    kinds of repeated tokens: the one-token words of its corpus that its repeat rows draw from
+    ("induction_words"), and uniform random tokens of the whole vocabulary ("induction_random_tokens")."""
+    from mechstudy.stdlib.zoo.train import repeat_token_ids
+
+    report = measure_mini(model, tok)
+    eos = token(tok, corpus.EOS)
+    words = torch.tensor(repeat_token_ids(tok, "words"))
+    for key, pool in (("induction_words", words), ("induction_random_tokens", None)):
+        per_half = {}
+        for half in INDUCTION_HALVES:
+            assert not corpus.offset_seen_in_training(half)
+            if pool is None:
+                seqs = corpus.repeated_random_tokens(n_seqs, half, model.config.vocab_size, EVAL_SEED + half, bos=eos)
+            else:
+                gen = torch.Generator().manual_seed(EVAL_SEED + half)
+                r = pool[torch.stack([torch.randperm(len(pool), generator=gen)[:half] for _ in range(n_seqs)])]
+                seqs = torch.cat([torch.full((n_seqs, 1), eos), r, r], dim=1)
+            per_half[half] = B.induction_scores(model, seqs)
+        report[key] = _summarise_induction(per_half)
     return report
 
 

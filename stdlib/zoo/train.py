@@ -7,7 +7,7 @@ weight initialisation with ``torch.manual_seed(seed)`` and draws every batch fro
 CPU the weights may differ in the last bits and the measured behaviours are what reproduce.
 
 >>> sorted(RECIPES)
-['attn2', 'mini']
+['attn2', 'mini', 'small']
 """
 
 from __future__ import annotations
@@ -228,4 +228,125 @@ def train_mini(steps: int = 2500, seed: int = 0, lr: float = 2e-3, threads: int 
     return Trained("mini", model, tok, MINI["n_ctx"], info)
 
 
-RECIPES: dict[str, Callable[..., Trained]] = {"attn2": train_attn2, "mini": train_mini}
+# ----------------------------------------------------------------------------------------- small
+
+# mini's documents (same text, same tokenizer, same held-out splits) and rows of random one-token
+# words with segments copied at varied offsets (attn2's rows): copies pay only for a previous-token
+# head feeding an induction head, which the template text alone never grew in mini (prefix matching
+# 0.03). The schedule is attn2's, then language: steps 0-719 copies of 48 tokens, to 1800 copies of
+# 128 tokens, the model attention-only meanwhile (MLP outputs held at zero); then three text batches
+# (short rows until step 3300) for every batch of copies. What the pilots showed (2026-11-30, same
+# data, one thread each), in SMALL_PILOTS; why rotary positions, in SMALL_WHY_ROTARY.
+SMALL = dict(d_model=128, n_heads=4, n_layers=2, d_mlp=512, n_ctx=256, init_range=0.0707,
+             warm_short_share=0.1309, warm_long_share=0.3273, short_share=0.6, short_seq_len=48, short_batch=64,
+             text_short_seq_len=32, text_short_batch=64, seq_len=128, text_batch=16, repeat_batch=32,
+             repeat_tokens="words", attn_only_warm=True, copy_every=4)
+SMALL_PILOTS = (
+    "Text and copies mixed from the first step, copies over the whole vocabulary: best prefix matching 0.11 "
+    "after 1,500 steps. A warm-up of copies alone over the whole vocabulary: 0.40, falling to 0.21 once text "
+    "came in. Copies of the corpus's 346 one-token words: with 4 layers the copies were learnt (repeated-half "
+    "loss 0.21 nats) but spread over several heads, none prefix-matching above 0.06, MLPs trained or not; "
+    "with 2 or 3 layers and an attention-only warm-up one head prefix-matched 0.91-0.99 by step 800-1,200 and "
+    "kept it through the text phase. With one text batch per batch of copies (2 layers, 4,000 steps) IOI was "
+    "weak (logit difference 3.9 on training templates, 1.6 on novel ones), hence three text batches per copy batch; "
+    "with that schedule 3 layers learnt IOI more slowly than 2 (5,500 steps: 5.5 vs 8.8 on training templates, "
+    "1.4 vs 4.6 on novel ones), so small has 2."
+)
+
+
+def repeat_token_ids(tok: Tokenizer, which: str = "words") -> list[int]:
+    """The token ids small's copies draw from: "words", every word of mini's corpus word pool and IOI
+    name that is one token with its leading space; "all", the whole vocabulary but <|endoftext|>
+    (tokens the text never uses keep untrained embeddings: pilots over it grew no sharp head)."""
+    eos = tok.token_to_id(vocab.EOS)
+    if which == "all":
+        return [i for i in range(tok.get_vocab_size()) if i != eos]
+    ids = [tok.encode(" " + w).ids for w in corpus.copy_words()]
+    return sorted({i[0] for i in ids if len(i) == 1})
+
+
+SMALL_WHY_ROTARY = (
+    "Measured (2026-11-30), GPT-2 (learned absolute positions, init 0.8/sqrt(d)) on attn2's repeat rows with "
+    "attn2's schedule, 1600 steps: the repeated half's loss fell from 5.7 to 1.5 at offset 50 but stayed at "
+    "5.2 at offset 20, and no head past layer 0 prefix-matched (best 0.004-0.037); sinusoidal initial "
+    "positions changed nothing. With rotary positions attn2 grows induction heads (0.86-0.89) on the same data."
+)
+
+
+def small_model(vocab_size: int, seed: int) -> Any:
+    """GPT-2's block with rotary positions: a sequential (not parallel) GPT-NeoX, 2 layers x 4 heads,
+    d_model 128, GELU MLP 512, LayerNorm, biases, no dropout, untied unembedding."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    cfg = GPTNeoXConfig(
+        vocab_size=vocab_size, hidden_size=SMALL["d_model"], num_hidden_layers=SMALL["n_layers"],
+        num_attention_heads=SMALL["n_heads"], intermediate_size=SMALL["d_mlp"], hidden_act="gelu",
+        max_position_embeddings=SMALL["n_ctx"], use_parallel_residual=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0},
+        attention_dropout=0.0, hidden_dropout=0.0, classifier_dropout=0.0, bos_token_id=0, eos_token_id=0,
+        tie_word_embeddings=False, use_cache=False, attn_implementation="eager",
+        initializer_range=SMALL["init_range"],
+    )
+    torch.manual_seed(seed)
+    return GPTNeoXForCausalLM(cfg)
+
+
+def train_small(steps: int = 5500, seed: int = 0, lr: float = 2e-3, threads: int = 1,
+                log: Callable[[str], None] = lambda msg: None) -> Trained:
+    """Train small: copies alone (attention only), then mini's corpus with one batch of copies in four."""
+    with deterministic(threads):
+        t0 = time.perf_counter()
+        docs = corpus.mini_documents(MINI["n_docs"], seed)
+        tok = vocab.train_bpe(docs)
+        eos = tok.token_to_id(vocab.EOS)
+        doc_ids = [e.ids for e in tok.encode_batch(docs)]
+        gen = torch.Generator().manual_seed(seed + 1)
+        stream, starts = pack(doc_ids, eos, gen)
+        n_vocab = tok.get_vocab_size()
+        model = small_model(n_vocab, seed)
+        warm_short = int(steps * SMALL["warm_short_share"])
+        warm_steps = int(steps * SMALL["warm_long_share"])
+        short_steps = int(steps * SMALL["short_share"])
+        short = mini_batches(stream, starts, gen, SMALL["text_short_batch"], SMALL["text_short_seq_len"])
+        full = mini_batches(stream, starts, gen, SMALL["text_batch"], SMALL["seq_len"])
+
+        rep_ids = torch.tensor([eos, *repeat_token_ids(tok, SMALL["repeat_tokens"])])
+        now = [0]
+        if SMALL["attn_only_warm"]:
+            # Attention-only during the warm-up, as attn2 (whose heads come out sharp): each MLP's output
+            # projection starts at zero and its gradient is zeroed until warm_steps, so AdamW leaves it
+            # exactly zero; afterwards the MLPs learn from that zero start.
+            for layer in model.gpt_neox.layers:
+                out = layer.mlp.dense_4h_to_h
+                with torch.no_grad():
+                    out.weight.zero_()
+                    out.bias.zero_()
+                for prm in (out.weight, out.bias):
+                    prm.register_hook(lambda g: g * 0.0 if now[0] < warm_steps else g)
+
+        def repeats(batch: int, seq_len: int) -> torch.Tensor:
+            return rep_ids[corpus.repeat_batch(gen, batch, seq_len + 1, len(rep_ids), bos=0)]
+
+        def next_batch(step: int) -> torch.Tensor:
+            now[0] = step
+            if step < warm_short:
+                return repeats(SMALL["short_batch"], SMALL["short_seq_len"])
+            if step < warm_steps or (step - warm_steps) % SMALL["copy_every"] == SMALL["copy_every"] - 1:
+                return repeats(SMALL["repeat_batch"], SMALL["seq_len"])
+            return short(step) if step < short_steps else full(step)
+
+        log(f"small: {len(docs)} documents, {len(stream)} tokens, vocabulary {n_vocab}")
+        curve = _fit(model, next_batch, steps, lr, log)
+        seconds = time.perf_counter() - t0
+    info = dict(recipe="small", steps=steps, seed=seed, lr=lr, threads=threads, warm_short_steps=warm_short,
+                warm_steps=warm_steps, short_steps=short_steps,
+                **{k: SMALL[k] for k in ("short_seq_len", "short_batch", "text_short_seq_len", "text_short_batch",
+                                         "seq_len", "text_batch", "repeat_batch", "init_range", "repeat_tokens",
+                                         "attn_only_warm", "copy_every")},
+                repeat_vocab=len(rep_ids) - 1, n_docs=len(docs), corpus_tokens=int(len(stream)),
+                why_rotary=SMALL_WHY_ROTARY, pilots=SMALL_PILOTS,
+                train_seconds=round(seconds, 1), loss_curve=curve, torch=torch.__version__)
+    return Trained("small", model, tok, SMALL["n_ctx"], info)
+
+
+RECIPES: dict[str, Callable[..., Trained]] = {"attn2": train_attn2, "mini": train_mini, "small": train_small}
