@@ -78,6 +78,9 @@ def findings(res: Any) -> dict:
         + (f" (shared: {', '.join(shared)})." if shared else " (no head in common)."),
         (f"Direct effect on the IOI logit difference (path patching): largest drops {_fmt(_top(direct, 'drop', 3), 'drop')}; "
          f"heads whose removal raises it (negative direct effect) {_fmt(_top(direct, 'drop', 2, -1), 'drop')}."),
+        ("Layer 0 into layer 1 (path patching, noising; share of the logit difference left, lowest first): "
+         + "; ".join(f"{part} {_fmt(_top(rows('to_' + part), 'effect', 2, -1), 'effect')}" for part in ("q", "k", "v"))
+         + " (q at the answer position)."),
         f"Direct logit attribution of heads on IOI: {_fmt(_top(dla, 'effect', 3), 'effect')}; most negative "
         f"{_fmt(_top(dla, 'effect', 2, -1), 'effect')}.",
         (f"Greater-Than on a sentence form it never read: prob diff {gt_base['clean_mean']:.3f} clean, "
