@@ -90,20 +90,7 @@ behaviour was learnt. Initialisation std {init_range} (about 0.8 / sqrt(d_model)
 steps, peak lr {lr}, seed {seed}, {threads} CPU thread(s), {seconds} s of training (tokenizer and
 corpus included) on the build machine.
 
-## Measured behaviours (held-out sets)
-
-| behaviour | value |
-|---|---|
-{rows}
-
-## Single-head ablations (IOI logit difference on held-out templates and name pairs)
-
-Baseline logit difference {base:.2f}. Effect = ablated minus baseline.
-
-| layer.head | zero-ablation effect | mean-ablation effect |
-|---|---|---|
-{ablation}
-"""
+{tasks}"""
 
 _SMALL = """# small: a GPT-2-style model with induction heads and IOI on templates it never read
 
@@ -152,7 +139,10 @@ Previous-token scores:
 
 {prev_table}
 
-## Measured behaviours (held-out sets of mini's recipe)
+{tasks}{circuits}"""
+
+# mini's task measurements and head ablations (mini and small, which reads mini's corpus)
+_TASKS = """## Measured behaviours ({measured_on})
 
 | behaviour | value |
 |---|---|
@@ -165,7 +155,7 @@ Baseline logit difference {base:.2f}. Effect = ablated minus baseline.
 | layer.head | zero-ablation effect | mean-ablation effect |
 |---|---|---|
 {ablation}
-{circuits}"""
+"""
 
 
 SPLIT_NOTE = (
@@ -227,7 +217,8 @@ def render(summary: dict, config: Any) -> str:
             uniform=math.log(config.vocab_size - 1), loss1=beh["loss_first_half"],
             loss2=beh["loss_repeated_half"], prefix_table=_matrix(beh["prefix_matching"]),
             prev_table=_matrix(beh["previous_token"]))
-    rows, ablation = _task_rows(beh), _ablation_rows(beh)
+    tasks = dict(rows="\n".join(_task_rows(beh)), ablation=_ablation_rows(beh),
+                 base=beh["ioi_heldout_templates"]["logit_diff"])
     if summary["name"] == "small":
         words = beh["induction_words"]
 
@@ -247,14 +238,14 @@ def render(summary: dict, config: Any) -> str:
                                     "text_short_seq_len", "text_short_batch", "text_batch", "repeat_batch",
                                     "seq_len", "init_range", "repeat_vocab", "copy_every")}, pilots=info.get("pilots", ""),
             offsets=words["offsets"], induction_rows=induction_rows, prefix_table=_matrix(words["prefix_matching"]),
-            prev_table=_matrix(words["previous_token"]), rows="\n".join(rows), ablation=ablation,
-            base=beh["ioi_heldout_templates"]["logit_diff"], circuits=_circuits_section(beh.get("circuits")),
+            prev_table=_matrix(words["previous_token"]), circuits=_circuits_section(beh.get("circuits")),
+            tasks=_TASKS.format(measured_on="held-out sets of mini's recipe", **tasks),
         ) + _split_section(beh.get("per_split"))
     return _HEADER + _MINI.format(
         **common, n_ctx=config.n_positions, n_docs=info["n_docs"], corpus_tokens=info["corpus_tokens"],
         seq_len=info["seq_len"], short_steps=info["short_steps"], short_seq_len=info["short_seq_len"],
-        short_batch=info["short_batch"], init_range=info["init_range"], rows="\n".join(rows), base=beh["ioi_heldout_templates"]["logit_diff"],
-        ablation=ablation) + _split_section(beh.get("per_split"))
+        short_batch=info["short_batch"], init_range=info["init_range"],
+        tasks=_TASKS.format(measured_on="held-out sets", **tasks)) + _split_section(beh.get("per_split"))
 
 
 def _task_rows(beh: dict) -> list[str]:

@@ -203,17 +203,23 @@ def mini_batches(stream: torch.Tensor, starts: torch.Tensor, gen: torch.Generato
     return next_batch
 
 
+def mini_text(seed: int) -> tuple[list[str], Tokenizer, torch.Generator, torch.Tensor, torch.Tensor]:
+    """mini's documents, the BPE tokenizer trained on them, the batch generator (seeded seed + 1)
+    and the packed stream with its document starts: what mini and small both train on."""
+    docs = corpus.mini_documents(MINI["n_docs"], seed)
+    tok = vocab.train_bpe(docs)
+    doc_ids = [e.ids for e in tok.encode_batch(docs)]
+    gen = torch.Generator().manual_seed(seed + 1)
+    stream, starts = pack(doc_ids, tok.token_to_id(vocab.EOS), gen)
+    return docs, tok, gen, stream, starts
+
+
 def train_mini(steps: int = 2500, seed: int = 0, lr: float = 2e-3, threads: int = 1,
                log: Callable[[str], None] = lambda msg: None) -> Trained:
     """Train mini: corpus -> BPE tokenizer -> GPT-2 on packed documents."""
     with deterministic(threads):
         t0 = time.perf_counter()
-        docs = corpus.mini_documents(MINI["n_docs"], seed)
-        tok = vocab.train_bpe(docs)
-        eos = tok.token_to_id(vocab.EOS)
-        doc_ids = [e.ids for e in tok.encode_batch(docs)]
-        gen = torch.Generator().manual_seed(seed + 1)
-        stream, starts = pack(doc_ids, eos, gen)
+        docs, tok, gen, stream, starts = mini_text(seed)
         model = mini_model(tok.get_vocab_size(), seed)
         short_steps = int(steps * MINI["short_share"])
         short = mini_batches(stream, starts, gen, MINI["short_batch"], MINI["short_seq_len"])
@@ -296,12 +302,8 @@ def train_small(steps: int = 5500, seed: int = 0, lr: float = 2e-3, threads: int
     """Train small: copies alone (attention only), then mini's corpus with one batch of copies in four."""
     with deterministic(threads):
         t0 = time.perf_counter()
-        docs = corpus.mini_documents(MINI["n_docs"], seed)
-        tok = vocab.train_bpe(docs)
+        docs, tok, gen, stream, starts = mini_text(seed)
         eos = tok.token_to_id(vocab.EOS)
-        doc_ids = [e.ids for e in tok.encode_batch(docs)]
-        gen = torch.Generator().manual_seed(seed + 1)
-        stream, starts = pack(doc_ids, eos, gen)
         n_vocab = tok.get_vocab_size()
         model = small_model(n_vocab, seed)
         warm_short = int(steps * SMALL["warm_short_share"])
