@@ -11,7 +11,8 @@ torch.set_num_threads(1)), compares its ways in that one process on the same mod
 checks their numbers equal before timing, and reports min / median / max over repeats. The
 TransformerLens comparison needs TransformerLens, which is never in the lock: this script makes
 the benchmark's own environment, benchmarks/.venv-tl (a venv that sees the project's packages and
-adds TransformerLens from benchmarks/requirements-tl.txt), on first use; without network it
+adds TransformerLens and exactly what it needs from benchmarks/requirements-tl.txt, which `make lock`
+writes with the lock), on first use; without network it
 reports the comparison as skipped.
 """
 
@@ -44,7 +45,8 @@ def tl_python() -> tuple[str | None, str]:
         target = next(TL_ENV.glob("lib/python*/site-packages"))
         # the project's environment first in line: the same torch, transformers and mechstudy
         (target / "mechstudy_project.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in ours))
-        r = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(HERE / "requirements-tl.txt")],
+        # exact versions of everything TransformerLens adds (written by `make lock`): nothing is resolved
+        r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "-r", str(HERE / "requirements-tl.txt")],
                            capture_output=True, text=True)
         if r.returncode != 0:
             return None, "pip could not install TransformerLens: " + r.stderr.strip().splitlines()[-1][:200]

@@ -19,14 +19,14 @@ LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
 NOT_LOCKED = {"pip", "wheel", "mechstudy"}
 
 
-def _lock() -> dict[str, str]:
+def _lock(path: Path = LOCK) -> dict[str, str]:
     out = {}
-    for line in LOCK.read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-        assert m, f"requirements.lock: not a pinned requirement: {line!r}"
+        assert m, f"{path.name}: not a pinned requirement: {line!r}"
         out[canonicalize_name(m.group(1))] = m.group(2)
     return out
 
@@ -39,6 +39,14 @@ def test_lock_pins_every_package_exactly():
     lock = _lock()
     assert "torch" in lock and lock["torch"].startswith("2.13.0"), "torch stays at the CPU build pip supplies here"
     assert len(lock) > 30  # transitive packages are pinned too, not just our direct ones
+
+
+def test_benchmark_tl_requirements_are_exact_and_only_what_transformer_lens_adds():
+    """benchmarks/requirements-tl.txt is written by `make lock` with the lock: TransformerLens and
+    every package it adds or moves to another version, each pinned (installed with --no-deps)."""
+    tl, lock = _lock(LOCK.parent / "benchmarks" / "requirements-tl.txt"), _lock()
+    assert "transformer-lens" in tl and len(tl) > 5  # its dependencies are pinned too
+    assert not [n for n, v in tl.items() if lock.get(n) == v], "a package the lock already pins at that version"
 
 
 def test_installed_versions_are_the_locked_ones():
