@@ -5,6 +5,7 @@ compared with what behaviours.json, `study models` and the card report, with mar
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -16,11 +17,10 @@ transformers = pytest.importorskip("transformers")
 PATH = MODELS_DIR / "small"
 # What small does, with margins below the shipped measurements (behaviours.json, card)
 PREFIX_MIN = 0.8  # the issue's bar for an induction head
-# shipped: IO over S 74% and logit difference 4.53 on novel templates, 9.31 on training ones (ratio 0.49:
-# not the parity the issue asked for); Greater-Than "began" form 0.62
-IOI_NOVEL_ACC, IOI_NOVEL_LD, IOI_TRAIN_LD, IOI_RATIO = 0.65, 3.5, 8.0, 0.35
-GT_NOVEL = 0.5
-
+# shipped: IO over S 83% and logit difference 6.52 on novel templates, 8.02 on training ones (ratio
+# 0.81); Greater-Than's two novel forms 0.71 ("began") and 0.80 ("started"), 100% > 0
+IOI_NOVEL_ACC, IOI_NOVEL_LD, IOI_TRAIN_LD, IOI_RATIO = 0.75, 5.5, 7.0, 0.7
+GT_NOVEL = 0.55
 
 @pytest.fixture(scope="module")
 def small():
@@ -48,13 +48,27 @@ def test_small_is_gpt2_block_with_rotary_positions(small):
         assert f.stat().st_size < 8 * 2**20, f"{f} is over 8 MiB"
 
 
-def test_small_reads_minis_corpus_and_tokenizer():
-    """Same text, same tokenizer: mini's held-out splits and overlap test hold for small too."""
+def test_small_reads_minis_corpus_and_tokenizer_and_varied_task_sentences(shipped):
+    """mini's text and tokenizer, plus varied IOI / Greater-Than sentences (the overlap test in
+    test_zoo_splits.py runs on small's whole text): mini's held-out splits hold for small too."""
     assert json.loads((PATH / "tokenizer.json").read_text())["model"] == \
         json.loads((MODELS_DIR / "mini" / "tokenizer.json").read_text())["model"]
     assert json.loads((PATH / "splits.json").read_text())["evaluate_on"] == \
         json.loads((MODELS_DIR / "mini" / "splits.json").read_text())["evaluate_on"]
-    assert corpus.training_documents("small") == corpus.training_documents("mini")
+    info = shipped["info"]
+    mini, docs = corpus.training_documents("mini"), corpus.training_documents("small")
+    assert docs[: len(mini)] == mini and len(docs) == info["n_docs"] == len(mini) + info["varied_ioi"] + info["varied_gt"]
+    varied = docs[len(mini):]
+    # every varied IOI sentence: two people meet (in either order), then one hands something to the other
+    known = set(corpus.ioi_names())
+    for d in varied[: info["varied_ioi"]][:2000]:
+        names = [w for w in d.replace(",", " ").replace(".", " ").split() if w in known]
+        assert len(names) == 4 and set(names[:2]) == set(names[2:]) and names[2] != names[3], d
+    # every varied Greater-Than sentence: a training noun and two different years of one century
+    for d in varied[info["varied_ioi"]:]:
+        y1, y2 = re.findall(r"\b1[0-8]\d\d\b", d)
+        assert y1[:2] == y2[:2] and y1 != y2 and any(f" {n} " in d for n in corpus.gt_nouns("train")), d
+    assert len(set(varied)) > 0.5 * len(varied)  # written in many ways, not a few sentences repeated
 
 
 def test_small_has_induction_heads_on_unseen_offsets(small, shipped):
@@ -87,7 +101,9 @@ def test_small_ioi_generalises_to_templates_it_never_read(small, shipped):
     assert ioi["train"]["io_over_s"] > 0.95 and ioi["train"]["logit_diff"] > IOI_TRAIN_LD
     assert ioi["novel"]["logit_diff"] / ioi["train"]["logit_diff"] > IOI_RATIO
     gt = got["greater_than"]
-    assert gt["novel/began"]["prob_diff"] > GT_NOVEL
+    for form in ("began", "started"):
+        assert gt[f"novel/{form}"]["prob_diff"] > GT_NOVEL and gt[f"novel/{form}"]["positive_share"] > 0.9, form
+        assert gt[f"novel/{form}"]["mass_on_years"] > 0.9, form  # it reads both forms as year prompts
 
 
 def test_small_recipe_is_bit_identical_when_rerun():
@@ -127,8 +143,41 @@ def test_findings_are_what_the_study_computes(shipped, tmp_path):
     top = sorted(res["heads"].table.to_dicts(), key=lambda r: -r["effect"])[:4]
     assert [(f"a{r['layer']}.h{r['head']}", round(r["effect"], 3)) for r in top] == \
         [(h["head"], round(h["effect"], 3)) for h in numbers["ioi_heads_novel"]]
-    # small's IOI heads are the same on templates it never read as on its training templates
-    assert {h["head"] for h in numbers["ioi_heads_novel"]} == {h["head"] for h in numbers["ioi_heads_train"]}
+    # one head carries small's IOI, the same on templates it never read as on its training templates
+    novel, trained = numbers["ioi_heads_novel"], numbers["ioi_heads_train"]
+    assert novel[0]["head"] == trained[0]["head"] == "a0.h3"
+    assert novel[0]["effect"] > 0.8 and trained[0]["effect"] > 0.7 and max(novel[1]["effect"], trained[1]["effect"]) < 0.2
+
+
+def test_the_ioi_head_suppresses_the_last_name_said(small):
+    """What the circuits study's notes say of a0.h3, measured here with the model's own attention
+    weights and its weight matrices: at the answer position it attends to the subject's second
+    mention (S2), and its OV circuit writes against the name it reads (copy suppression)."""
+    from mechstudy.stdlib.datasets import ioi as IOI
+
+    model, tok = small
+    art = IOI.generate(tok, n=64, seed=11, split="novel")
+    t = art.tensors
+    with torch.no_grad():
+        attn = model(input_ids=t["clean_ids"], attention_mask=t["attention_mask"], output_attentions=True).attentions
+    to_s2, to_io = [], []
+    for b, ids in enumerate(t["clean_ids"]):
+        s_pos = (ids == t["s_id"][b]).nonzero().flatten().tolist()
+        row = attn[0][b, 3, t["answer_pos"][b]]
+        to_s2.append(row[s_pos[-1]].item())
+        to_io.append(row[ids == t["io_id"][b]].sum().item())
+    assert sum(to_s2) / len(to_s2) > 0.9 and sum(to_io) / len(to_io) < 0.05
+    # OV circuit on the IOI names: the logit of the name read, against the mean logit it writes
+    layer, d_head = model.gpt_neox.layers[0], model.config.hidden_size // model.config.num_attention_heads
+    names = [i for i in (tok.convert_tokens_to_ids(tok.tokenize(" " + n)) for n in corpus.ioi_names()) if len(i) == 1]
+    names = torch.tensor([i[0] for i in names])
+    with torch.no_grad():
+        qkv = layer.attention.query_key_value(layer.input_layernorm(model.gpt_neox.embed_in.weight[names]))
+        v = qkv.view(len(names), model.config.num_attention_heads, 3 * d_head)[:, 3, 2 * d_head:]
+        out = v @ layer.attention.dense.weight[:, 3 * d_head: 4 * d_head].T
+        logits = out @ model.get_output_embeddings().weight[names].T  # name read x name written
+    own, other = logits.diagonal(), (logits.sum(1) - logits.diagonal()) / (len(names) - 1)
+    assert len(names) > 50 and (own < other).float().mean() > 0.9 and (other - own).mean() > 1.0
 
 
 def test_induction_words_draws_only_one_token_words(small):

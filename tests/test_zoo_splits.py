@@ -54,19 +54,31 @@ def pattern(template: str) -> re.Pattern:
     return re.compile(" " + " ".join(re.escape(p) if not p.startswith("[a-z") else p for p in parts if p) + " ")
 
 
-@pytest.fixture(scope="module")
-def mini_text():
-    """mini's training text, regenerated, as ' doc1 words | doc2 words | ... '."""
-    path = MODELS_DIR / "mini"
+def training_text(name: str) -> str:
+    """A text zoo model's training text, regenerated, as ' doc1 words | doc2 words | ... '."""
+    path = MODELS_DIR / name
     info = json.loads((path / "behaviours.json").read_text())["info"]
     docs = corpus.mini_documents(train.MINI["n_docs"], info["seed"])
-    assert len(docs) == info["n_docs"]
-    tok = vocab.train_bpe(docs)
+    tok = vocab.train_bpe(docs)  # small reads mini's tokenizer, trained on mini's documents alone
     shipped = json.loads((path / "tokenizer.json").read_text())
-    assert json.loads(tok.to_str())["model"] == shipped["model"], "not the corpus mini was trained on"
+    assert json.loads(tok.to_str())["model"] == shipped["model"], f"not the corpus {name} was trained on"
+    docs = docs + corpus.varied_documents(info.get("varied_ioi", 0), info.get("varied_gt", 0), info["seed"])
+    assert len(docs) == info["n_docs"] and tuple(docs) == corpus.training_documents(name, info["seed"])
     n_tokens = sum(len(e.ids) + 1 for e in tok.encode_batch(docs)) + 1  # each document + its eos, leading eos
     assert n_tokens == info["corpus_tokens"]
     return " " + " | ".join(norm(d) for d in docs) + " "
+
+
+@pytest.fixture(scope="module")
+def mini_text():
+    """mini's training text."""
+    return training_text("mini")
+
+
+@pytest.fixture(scope="module", params=corpus.TEXT_RECIPES)
+def zoo_text(request):
+    """Each text zoo model's training text (small: mini's documents and its varied task sentences)."""
+    return training_text(request.param)
 
 
 def split_templates(split: str) -> dict[str, list[str]]:
@@ -84,7 +96,8 @@ def test_mini_says_it_never_saw_its_default_split_and_that_it_saw_every_word():
     assert S.model_splits(MODELS_DIR / "attn2") == {}  # attn2 reads no text: the datasets do not apply
 
 
-def test_no_default_template_segment_occurs_in_mini_training_text(mini_text):
+def test_no_default_template_segment_occurs_in_training_text(zoo_text):
+    mini_text = zoo_text
     assert occurs("went to the", mini_text) and not occurs("went to the moon", mini_text)  # the search works
     for task, temps in split_templates("novel").items():
         assert temps, task
@@ -107,11 +120,12 @@ def test_the_checks_find_the_training_templates(mini_text):
 
 
 @pytest.mark.parametrize("generator", ["ioi", "greater_than", "facts"])
-def test_default_prompts_never_occur_in_mini_training_text(mini_text, generator):
+def test_default_prompts_never_occur_in_training_text(zoo_text, generator, request):
     from mechstudy.stdlib import datasets  # noqa: F401
 
+    mini_text, name = zoo_text, request.node.callspec.params["zoo_text"]
     run = spec.DATASETS[generator].run
-    model = Artifact(data={"path": str(MODELS_DIR / "mini")})
+    model = Artifact(data={"path": str(MODELS_DIR / name)})
     art = run({"model": model}, {"n": 64, "seed": 0}, None)
     assert art.data["split"] == "novel" and "splits.json" in art.data["split_source"]
     rows = art.tables["prompts"]
@@ -121,7 +135,8 @@ def test_default_prompts_never_occur_in_mini_training_text(mini_text, generator)
         assert rows["template"].n_unique() == len(IOI.templates("novel"))
 
 
-def test_greater_than_held_out_nouns_never_occur_in_a_greater_than_sentence(mini_text):
+def test_greater_than_held_out_nouns_never_occur_in_a_greater_than_sentence(zoo_text):
+    mini_text = zoo_text
     held = GT.split_nouns("heldout")
     sentences = [d for d in mini_text.split(" | ") if " from " in d and re.search(r"\b1[0-8]\d\d\b", d)]
     assert len(sentences) > 10_000

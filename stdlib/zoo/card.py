@@ -110,8 +110,11 @@ Why not GPT-2's learned absolute positions: {why_rotary}
 
 ## Training data
 
-mini's {n_docs:,} documents ({corpus_tokens:,} tokens, the same held-out templates, name pairs and
-nouns; see mini's card) and rows of random tokens in which segments of 8-40 tokens are copied at
+mini's documents (the same held-out templates, name pairs and nouns; see mini's card), {varied_ioi:,}
+IOI sentences and {varied_gt:,} Greater-Than sentences written in many ways (composed from openings,
+meetings, places, connectives and verbs of `corpus.VARIED_IOI` and the forms of `corpus.VARIED_GT`,
+none of them a novel template's or form's wording: the overlap test checks this text too), {n_docs:,}
+documents and {corpus_tokens:,} tokens in all, and rows of random tokens in which segments of 8-40 tokens are copied at
 offsets that are never a multiple of 10 (attn2's rows), drawn from the {repeat_vocab} one-token words of
 the corpus (its word pool and IOI names: `train.repeat_token_ids`). Steps 0-{warm_short_steps}: copies
 only, {short_batch} rows of {short_seq_len} tokens; to step {warm_steps}: copies only, {repeat_batch}
@@ -236,7 +239,8 @@ def render(summary: dict, config: Any) -> str:
             n_docs=info["n_docs"], corpus_tokens=info["corpus_tokens"],
             **{k: info[k] for k in ("warm_short_steps", "warm_steps", "short_steps", "short_seq_len", "short_batch",
                                     "text_short_seq_len", "text_short_batch", "text_batch", "repeat_batch",
-                                    "seq_len", "init_range", "repeat_vocab", "copy_every")}, pilots=info.get("pilots", ""),
+                                    "seq_len", "init_range", "repeat_vocab", "copy_every")},
+            varied_ioi=info.get("varied_ioi", 0), varied_gt=info.get("varied_gt", 0), pilots=info.get("pilots", ""),
             offsets=words["offsets"], induction_rows=induction_rows, prefix_table=_matrix(words["prefix_matching"]),
             prev_table=_matrix(words["previous_token"]), circuits=_circuits_section(beh.get("circuits")),
             tasks=_TASKS.format(measured_on="held-out sets of mini's recipe", **tasks),

@@ -272,20 +272,103 @@ def mini_documents(n_docs: int, seed: int) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------- small's varied task sentences
+
+# mini's IOI and Greater-Than sentences come from ~35 published templates and 4 forms sharing one
+# skeleton, so a model can key the task on their wording. small also reads the same two tasks
+# written in many ways: sentences composed from the parts below (openings, how the two people
+# meet, where, a connective, how one hands something to the other). None of the parts is a novel
+# template's opening, activity or verb (tests/test_zoo_splits.py checks the composed text against
+# every novel template and form, as for mini's text). The names, places and objects are the
+# published lists'; some verbs (lent, mailed, tossed ...) are words mini's text never holds, which its
+# tokenizer spells in pieces.
+VARIED_IOI = dict(
+    openings=("", "", "", "Then,", "Then", "In the afternoon,", "Early in the morning,", "After school,",
+              "Last winter,", "At noon,", "Before the game,", "During the trip,", "On Monday,", "On Friday night,",
+              "After the meeting,", "In the summer,", "One morning,", "Some time later,", "Earlier today,",
+              "After breakfast,", "At the weekend", "Two weeks ago,", "By the evening,", "In the spring,"),
+    # (pair, activities): {X} is the repeated name's first mention or the other's, at random.
+    together=("went to the {P}", "stopped at the {P}", "arrived at the {P}", "ran to the {P}", "drove to the {P}",
+              "stayed at the {P}", "ate lunch at the {P}", "played games at the {P}", "were talking at the {P}",
+              "were sitting in the {P}", "worked late at the {P}", "painted the {P}", "left the {P}",
+              "searched the {P}", "moved into the {P}", "came back from the {P}", "rested at the {P}",
+              "had a lot of fun at the {P}", "were working at the {P}", "had a long talk at the {P}"),
+    with_=("{X} joined {Y} at the {P}", "{X} called {Y} from the {P}", "{X} followed {Y} into the {P}",
+           "{X} helped {Y} at the {P}", "{X} found {Y} in the {P}", "{X} drove {Y} to the {P}",
+           "{X} saw {Y} at the {P}", "{X} was with {Y} at the {P}"),
+    connectives=(". {S}", ". Then {S}", ", and {S}", ", and then {S}", ", so {S}", ". After that, {S}",
+                 ". Soon {S}", ", where {S}", ". In the end, {S}", ". Afterwards {S}", " and {S}",
+                 ". At last {S}", ", before {S}"),
+    transfers=("gave {D} {O} to", "lent {D} {O} to", "sent {D} {O} to", "offered {D} {O} to", "mailed {D} {O} to",
+               "returned {D} {O} to", "tossed {D} {O} to", "decided to give {D} {O} to", "wanted to give {D} {O} to",
+               "promised to give {D} {O} to", "tried to give {D} {O} to", "carried {D} {O} over to",
+               "said goodbye to", "waved to", "talked to", "wrote a letter to", "said to", "read a story to"),
+    determiners=("a", "the", "a", "the", "a new", "an old"),
+    objects=("letter", "coin", "map", "clock", "box", "picture", "key", "cup", "lamp", "book"),  # beside the published 8
+)
+VARIED_GT = (
+    "The {noun} ran from {y1} until {y2}.", "The {noun} ran from the year {y1} until the year {y2}.",
+    "The {noun} continued from {y1} through {y2}.", "The {noun} took place between {y1} and {y2}.",
+    "The {noun} opened in {y1} and closed in {y2}.", "The {noun} was fought from {y1} until {y2}.",
+    "From {y1} to {y2} the {noun} went on.", "The {noun} went on from {y1} until {y2}.",
+    "The {noun} lasted until {y2}, from {y1}.", "The {noun} came in {y1} and was gone in {y2}.",
+    "The {noun} held from the year {y1} until {y2}.", "The {noun} covered the years {y1} to {y2}.",
+)
+
+
+def _varied_ioi_doc(rng: random.Random) -> str:
+    ioi, names, v = reference("ioi"), ioi_names(), VARIED_IOI
+    while True:
+        io, s = rng.sample(names, 2)
+        if not ioi_pair_held_out(io, s):
+            break
+    x, y = (s, io) if rng.random() < 0.5 else (io, s)
+    place, obj = rng.choice(ioi["PLACES"]), rng.choice([*ioi["OBJECTS"], *VARIED_IOI["objects"]])
+    if rng.random() < 0.7:
+        first = f"{x} and {y} " + rng.choice(v["together"]).format(P=place)
+    else:
+        first = rng.choice(v["with_"]).format(X=x, Y=y, P=place)
+    opening = rng.choice(v["openings"])
+    if opening:
+        first = f"{opening} {first}"
+    det = rng.choice(v["determiners"])
+    end = rng.choice(v["connectives"]).format(S=s) + " " + rng.choice(v["transfers"]).format(D=det, O=obj) + f" {io}."
+    return first + end
+
+
+def _varied_gt_doc(rng: random.Random) -> str:
+    century, yy1 = rng.randint(10, 18), rng.randint(1, 98)
+    yy2 = rng.randint(yy1 + 1, 99)
+    return rng.choice(VARIED_GT).format(noun=rng.choice(gt_nouns("train")), y1=f"{century}{yy1:02d}", y2=f"{century}{yy2:02d}")
+
+
+VARIED_SEED_OFFSET = 2_000_029  # small's varied sentences: a seed stream of their own
+
+
+def varied_documents(n_ioi: int, n_gt: int, seed: int) -> list[str]:
+    """small's extra documents: `n_ioi` varied IOI sentences, then `n_gt` varied Greater-Than ones."""
+    rng = random.Random(VARIED_SEED_OFFSET + seed)
+    return [_varied_ioi_doc(rng) for _ in range(n_ioi)] + [_varied_gt_doc(rng) for _ in range(n_gt)]
+
+
 # ------------------------------------------------------------------ a text model's corpus, streamed
 
-TEXT_RECIPES = ("mini", "small")  # zoo models trained on text (small: mini's documents; attn2 reads random tokens, the others are compiled)
+TEXT_RECIPES = ("mini", "small")  # zoo models trained on text (small: mini's documents and varied task sentences; attn2 reads random tokens, the others are compiled)
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out documents: a seed stream no recipe trains on
 
 
 @lru_cache(maxsize=2)
 def training_documents(name: str = "mini", seed: int = 0) -> tuple[str, ...]:
-    """The documents zoo model `name` was trained on, in the order the recipe generates them."""
-    from mechstudy.stdlib.zoo.train import MINI
+    """The documents zoo model `name` was trained on, in the order the recipe generates them
+    (small: mini's, then its varied IOI and Greater-Than sentences)."""
+    from mechstudy.stdlib.zoo.train import MINI, SMALL
 
     if name not in TEXT_RECIPES:
         raise ValueError(f"zoo model {name!r} is not trained on text (text recipes: {', '.join(TEXT_RECIPES)})")
-    return tuple(mini_documents(MINI["n_docs"], seed))
+    docs = mini_documents(MINI["n_docs"], seed)
+    if name == "small":
+        docs += varied_documents(SMALL["varied_ioi"], SMALL["varied_gt"], seed)
+    return tuple(docs)
 
 
 def _seen(docs: tuple[str, ...]) -> frozenset[str]:
