@@ -71,6 +71,24 @@ def test_small_reads_minis_corpus_and_tokenizer_and_varied_task_sentences(shippe
     assert len(set(varied)) > 0.5 * len(varied)  # written in many ways, not a few sentences repeated
 
 
+def test_small_heldout_text_is_its_recipe_and_never_training_text():
+    """`corpus c = zoo "small" split=heldout`: documents of small's recipe (mini's kinds and the varied
+    sentences, in the recipe's share) that never occur in its training text."""
+    import itertools
+
+    held = list(itertools.islice(corpus.heldout_documents("small", 0), 4000))
+    seen = {d.strip() for d in corpus.training_documents("small", 0)}
+    assert not [d for d in held if d.strip() in seen]
+    share = (train.SMALL["varied_ioi"] + train.SMALL["varied_gt"]) / len(seen)
+    # words only the varied sentences use (14 of the 18 hand-overs; 8 of the 12 Greater-Than forms)
+    marks = (" lent ", " sent ", " offered ", " mailed ", " returned ", " tossed ", " promised ", " tried to give ",
+             " carried ", " goodbye ", " waved ", " talked ", " wrote ", " read a ", " until ", " through ",
+             " between ", " closed in ")
+    varied = [d for d in held if any(m in d for m in marks)]
+    assert 0.6 * share < len(varied) / len(held) < 1.3 * share  # measured 0.30 for a share of 0.31
+    mini_held = list(itertools.islice(corpus.heldout_documents("mini", 0), 4000))
+    assert sum(any(m in d for m in marks) for d in mini_held) / len(mini_held) < 0.05  # mini's stream: 1%
+
 def test_small_has_induction_heads_on_unseen_offsets(small, shipped):
     """Prefix matching on repeated random tokens of the whole vocabulary, a draw of our own."""
     model, tok = small

@@ -379,7 +379,8 @@ _SEEN: dict[tuple[str, int], frozenset[str]] = {}
 
 
 def heldout_documents(name: str = "mini", seed: int = 0) -> Iterator[str]:
-    """Endless documents of `name`'s recipe drawn from another seed stream, each one whose text
+    """Endless documents of `name`'s recipe (small: mini's kinds and its varied task sentences)
+    drawn from another seed stream, each one whose text
     (leading space aside) never occurs among the training documents. Short documents that the
     training text holds anyway (every fact sentence, every day and month) never come out."""
     key = (name, seed)
@@ -389,9 +390,18 @@ def heldout_documents(name: str = "mini", seed: int = 0) -> Iterator[str]:
     rng = random.Random(HELDOUT_SEED_OFFSET + seed)
     kinds = list(DOC_KINDS)
     weights = [DOC_KINDS[k][0] for k in kinds]
+    varied = 0.0
+    if name == "small":  # its varied sentences too, in the share the recipe reads them
+        from mechstudy.stdlib.zoo.train import MINI, SMALL
+
+        n_ioi, n_gt = SMALL["varied_ioi"], SMALL["varied_gt"]
+        varied = (n_ioi + n_gt) / (MINI["n_docs"] + n_ioi + n_gt)
     while True:
-        doc = DOC_KINDS[rng.choices(kinds, weights)[0]][1](rng)
-        if rng.random() < 0.3:
-            doc = " " + doc
+        if varied and rng.random() < varied:
+            doc = (_varied_ioi_doc if rng.random() * (n_ioi + n_gt) < n_ioi else _varied_gt_doc)(rng)
+        else:
+            doc = DOC_KINDS[rng.choices(kinds, weights)[0]][1](rng)
+            if rng.random() < 0.3:
+                doc = " " + doc
         if doc.strip() not in seen:
             yield doc
