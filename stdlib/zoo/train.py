@@ -286,7 +286,10 @@ SMALL_WHY_ROTARY = (
     "Measured (2026-11-30), GPT-2 (learned absolute positions, init 0.8/sqrt(d)) on attn2's repeat rows with "
     "attn2's schedule, 1600 steps: the repeated half's loss fell from 5.7 to 1.5 at offset 50 but stayed at "
     "5.2 at offset 20, and no head past layer 0 prefix-matched (best 0.004-0.037); sinusoidal initial "
-    "positions changed nothing. With rotary positions attn2 grows induction heads (0.86-0.89) on the same data."
+    "positions changed nothing. With rotary positions attn2 grows induction heads (0.86-0.89) on the same data. "
+    "Again with small's own warm-up (GPT-2, 2 layers, copies of the corpus's one-token words, attention only, "
+    "2,291 steps): it copied by position (repeated-half loss 0.32 nats at offset 50, 2.11 at 20) with no "
+    "induction head (best prefix matching 0.022, previous-token 0.058)."
 )
 
 
