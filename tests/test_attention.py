@@ -78,3 +78,39 @@ def test_attention_chart_draws_every_cell_with_token_labels(m):
     first = m.adapter.tokenizer.decode([int(m.ioi.tensors["clean_ids"][0, 0])])
     assert {v["k"] for v in values} >= {f"0 {first}"}
     assert chart["spec"]["width"] == chart["spec"]["height"] >= 12 * n
+
+
+def test_answer_attention_is_hfs_attention_on_io_s1_s2(m):
+    """The "answer" table: attention from the answer position to IO, S1 and S2, read off HF's own
+    probabilities with a loop over prompts and positions."""
+    out = spec.OPS["attention"].execute({"model": m.artifact, "dataset": m.ioi},
+                                        {"layers": list(range(m.adapter.n_layers))}, Context(device="cpu", max_rows=4))
+    t = m.ioi.tensors
+    with torch.no_grad():
+        att = m.adapter.model(input_ids=t["clean_ids"], attention_mask=t["attention_mask"], output_attentions=True).attentions
+    ans = out.tables["answer"]
+    assert ans.height == m.adapter.n_layers * m.adapter.n_heads
+    for layer, A in enumerate(att):
+        for h in range(m.adapter.n_heads):
+            want = {"to_io": [], "to_s1": [], "to_s2": []}
+            for p in range(len(t["clean_ids"])):
+                q = int(t["answer_pos"][p])
+                ids = [int(i) for i in t["clean_ids"][p, :q]]
+                s_at = [k for k, i in enumerate(ids) if i == int(t["s_id"][p])]
+                io_at = [k for k, i in enumerate(ids) if i == int(t["io_id"][p])]
+                assert len(s_at) == 2 and len(io_at) == 1  # IOI: S twice, IO once before the answer
+                want["to_io"].append(sum(float(A[p, h, q, k]) for k in io_at))
+                want["to_s1"].append(float(A[p, h, q, s_at[0]]))
+                want["to_s2"].append(float(A[p, h, q, s_at[-1]]))
+            row = ans.filter((ans["layer"] == layer) & (ans["head"] == h)).row(0, named=True)
+            for k, v in want.items():
+                assert row[k] == pytest.approx(sum(v) / len(v), abs=1e-5), (layer, h, k)
+    no_names = spec.OPS["attention"].execute({"model": m.artifact, "dataset": _without_names(m.ioi)},
+                                             {"layers": [0]}, Context(device="cpu", max_rows=4))
+    assert "answer" not in no_names.tables  # only datasets that name an IO and a subject get it
+
+
+def _without_names(art):
+    from mechstudy.engine.spec import Artifact
+
+    return Artifact(tensors={k: v for k, v in art.tensors.items() if k not in ("io_id", "s_id")}, data=art.data)

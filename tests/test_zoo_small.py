@@ -152,7 +152,8 @@ def test_findings_are_what_the_study_computes(shipped, tmp_path):
     res = ms.run_text(
         'study "check"\nmodel m = zoo "small"\ndataset rep = induction(n=32, length=30, seed=1, tokens=words)\n'
         "dataset ioi = ioi(n=64, seed=0)\ninduction = induction heads in all layers of m on rep\n"
-        "base = evaluate m on ioi with logit_diff\nheads = patch heads in all layers of m on ioi with logit_diff\n",
+        "base = evaluate m on ioi with logit_diff\nheads = patch heads in all layers of m on ioi with logit_diff\n"
+        "att = attention pattern in layer 0 of m on ioi\n",
         directory=tmp_path, cache=tmp_path / "cache")
     rows = {f"a{r['layer']}.h{r['head']}": r for r in res["induction"].table.to_dicts()}
     listed = {h["head"]: h["prefix_matching"] for h in numbers["induction_heads"]}
@@ -161,6 +162,11 @@ def test_findings_are_what_the_study_computes(shipped, tmp_path):
     top = sorted(res["heads"].table.to_dicts(), key=lambda r: -r["effect"])[:4]
     assert [(f"a{r['layer']}.h{r['head']}", round(r["effect"], 3)) for r in top] == \
         [(h["head"], round(h["effect"], 3)) for h in numbers["ioi_heads_novel"]]
+    answer = {f"a{r['layer']}.h{r['head']}": r for r in res["att"].points[0].artifact.tables["answer"].to_dicts()}
+    for head, want in numbers["answer_attention"].items():
+        if head.startswith("a0."):
+            assert {k: round(answer[head][k], 4) for k in want} == pytest.approx(want, abs=1e-4), head
+    assert numbers["answer_attention"]["a0.h3"]["to_s2"] > 0.9  # what the study's notes say of a0.h3
     # one head carries small's IOI, the same on templates it never read as on its training templates
     novel, trained = numbers["ioi_heads_novel"], numbers["ioi_heads_train"]
     assert novel[0]["head"] == trained[0]["head"] == "a0.h3"

@@ -10,7 +10,10 @@ the query's own token) and ``prefix_matching`` (on the token after an earlier co
 
 Tables: "result" (layer, head and the five scores), "maps" (the full patterns of the first `show`
 prompts: layer, head, prompt, query, key, weight, query_token, key_token), drawn by the default
-`attention` chart (one panel per head, the first prompt, at most `heads` panels).
+`attention` chart (one panel per head, the first prompt, at most `heads` panels), and, for a dataset
+with an indirect object and a subject (`io_id`, `s_id`: ioi), "answer": per head the attention from
+the answer position to the IO, to the subject's first mention (S1) and to its last one (S2)
+(`heads.answer_attention`), what name movers, S-inhibition and copy-suppression heads are told by.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ NEEDS = {"patterns": ("pattern", "clean")}
 
 @spec.operator(
     "attention",
-    version=1,
+    version=2,
     verb="attention",
     components=("pattern",),
     params=[
@@ -79,9 +82,16 @@ def run(inputs: dict[str, Artifact], params: dict, ctx: Any) -> Artifact:
                                          "key": pl.Int64, "weight": pl.Float64, "query_token": pl.Utf8,
                                          "key_token": pl.Utf8})
     top = {name: table.sort(name, descending=True, nulls_last=True).row(0, named=True) for name in hs.SCORES}
+    tables = {"result": table, "maps": maps_df}
+    t = dataset.tensors
+    if "io_id" in t and "s_id" in t:
+        io, s = torch.as_tensor(t["io_id"]).long(), torch.as_tensor(t["s_id"]).long()
+        to = {l: hs.answer_attention(pats[l], ids, prompts.read_pos, io, s) for l in layers}
+        tables["answer"] = pl.DataFrame([{"layer": l, "head": h, **{k: float(to[l][k][h]) for k in hs.ANSWER_SCORES}}
+                                         for l in layers for h in range(n_heads)])
     return Artifact(
         tensors={name: torch.stack([scores[l][name] for l in layers]).float() for name in hs.SCORES},
-        tables={"result": table, "maps": maps_df},
+        tables=tables,
         data={"layers": layers, "shown_prompts": min(int(params["show"]), prompts.n),
               "convention": "pattern[query, key] = attention probability; scores are means over prompts and queries",
               "chart": {"heads": int(params["heads"]), "title": "Attention patterns (query down, key across)"},

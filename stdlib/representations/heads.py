@@ -63,6 +63,35 @@ def head_scores(pattern: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) ->
     return out
 
 
+ANSWER_SCORES = ("to_io", "to_s1", "to_s2")
+
+
+def answer_attention(pattern: torch.Tensor, ids: torch.Tensor, read_pos: torch.Tensor, io_id: torch.Tensor,
+                     s_id: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per head [H], the attention from the position a prompt is read at (IOI: the answer position)
+    to the indirect object's mentions (``to_io``), the subject's first mention (``to_s1``) and its
+    last one before the read position (``to_s2``), averaged over the prompts where that token occurs
+    before the read position and S occurs at least twice for ``to_s2`` (NaN when none does).
+
+    >>> A = torch.zeros(1, 1, 5, 5); A[0, 0, 4] = torch.tensor([0.0, 0.1, 0.2, 0.7, 0.0])
+    >>> r = answer_attention(A, torch.tensor([[0, 7, 8, 7, 9]]), torch.tensor([4]), torch.tensor([8]), torch.tensor([7]))
+    >>> [round(r[k].item(), 2) for k in ANSWER_SCORES]
+    [0.2, 0.1, 0.7]
+    """
+    N, H, S, _ = pattern.shape
+    rows = pattern.double()[torch.arange(N), :, read_pos]  # [N, H, key]
+    before = torch.arange(S)[None] < read_pos[:, None]
+    at_io = (ids == io_id[:, None]) & before
+    at_s = (ids == s_id[:, None]) & before
+    first = at_s & (at_s.cumsum(1) == 1)
+    last = at_s & (at_s.cumsum(1) == at_s.sum(1, keepdim=True)) & (at_s.sum(1, keepdim=True) >= 2)
+    out = {}
+    for name, where in (("to_io", at_io), ("to_s1", first), ("to_s2", last)):
+        ok = where.any(1)
+        w = (rows * where[:, None].double()).sum(-1)  # [N, H]
+        out[name] = w[ok].mean(0) if ok.any() else torch.full((H,), float("nan"), dtype=torch.float64)
+    return out
+
 def accumulate(total: dict[str, torch.Tensor], counts: dict[str, float], pattern: torch.Tensor, ids: torch.Tensor,
                mask: torch.Tensor) -> None:
     """Add one chunk's sums (per head) and query counts to running totals (for chunked datasets)."""

@@ -86,6 +86,13 @@ def findings(res: Any) -> dict:
         (f"Greater-Than on a sentence form it never read: prob diff {gt_base['clean_mean']:.3f} clean, "
          f"{gt_base['corrupted_mean']:.3f} corrupted; head patching {_fmt(_top(gt_heads, 'effect', 3), 'effect')}."),
     ]
+    answer = res["attention"].points[0].artifact.tables["answer"].to_dicts()
+    lead = next(r for r in answer if _head(r) == _head(top_novel[0]))
+    out.append(
+        f"Attention at the answer position (novel IOI prompts): the top IOI head {_head(lead)} on S2 "
+        f"{lead['to_s2']:.3f}, S1 {lead['to_s1']:.3f}, IO {lead['to_io']:.3f}; most on IO: "
+        + ", ".join(f"{_head(r)} IO {r['to_io']:.2f} / S1 {r['to_s1']:.2f}" for r in _top(answer, "to_io", 2))
+        + "; most on S2: " + ", ".join(f"{_head(r)} {r['to_s2']:.2f}" for r in _top(answer, "to_s2", 2)) + ".")
     numbers = {
         "induction_heads": [{"head": _head(r), "prefix_matching": round(r["prefix_matching"], 4)} for r in inductive],
         "previous_token_heads": [{"head": _head(r), "previous_token": round(r["previous_token"], 4)} for r in previous],
@@ -96,6 +103,7 @@ def findings(res: Any) -> dict:
         "ioi_heads_novel": [{"head": _head(r), "effect": round(r["effect"], 4)} for r in top_novel],
         "ioi_heads_train": [{"head": _head(r), "effect": round(r["effect"], 4)} for r in top_train],
         "greater_than": {"clean": round(gt_base["clean_mean"], 4), "corrupted": round(gt_base["corrupted_mean"], 4)},
+        "answer_attention": {_head(r): {k: round(r[k], 4) for k in ("to_io", "to_s1", "to_s2")} for r in answer},
     }
     return {"findings": out, "numbers": numbers}
 
