@@ -89,8 +89,10 @@ def test_small_heldout_text_is_its_recipe_and_never_training_text():
     mini_held = list(itertools.islice(corpus.heldout_documents("mini", 0), 4000))
     assert sum(any(m in d for m in marks) for d in mini_held) / len(mini_held) < 0.05  # mini's stream: 1%
 
+
 def test_small_has_induction_heads_on_unseen_offsets(small, shipped):
-    """Prefix matching on repeated random tokens of the whole vocabulary, a draw of our own."""
+    """Prefix matching on repeated random one-token corpus words at offsets training never used, a
+    draw of our own (built here by hand, not by the measuring code)."""
     model, tok = small
     eos = tok.convert_tokens_to_ids(corpus.EOS)
     words = torch.tensor(train.repeat_token_ids(vocab_tokenizer()))

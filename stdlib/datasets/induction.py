@@ -64,8 +64,7 @@ def word_tokens(tokenizer: Any) -> list[int]:
     tokenizer: tokens a model trained on text has read, unlike many ids of a byte-level vocabulary."""
     from mechstudy.stdlib.zoo import corpus as zc
 
-    ids = (tokenizer.encode(" " + w, add_special_tokens=False) for w in zc.copy_words())
-    return sorted({i[0] for i in ids if len(i) == 1})
+    return zc.one_token_words(lambda text: tokenizer.encode(text, add_special_tokens=False))
 
 
 def bos_id(tokenizer: Any) -> int:

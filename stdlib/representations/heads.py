@@ -92,6 +92,7 @@ def answer_attention(pattern: torch.Tensor, ids: torch.Tensor, read_pos: torch.T
         out[name] = w[ok].mean(0) if ok.any() else torch.full((H,), float("nan"), dtype=torch.float64)
     return out
 
+
 def accumulate(total: dict[str, torch.Tensor], counts: dict[str, float], pattern: torch.Tensor, ids: torch.Tensor,
                mask: torch.Tensor) -> None:
     """Add one chunk's sums (per head) and query counts to running totals (for chunked datasets)."""

@@ -19,7 +19,7 @@ import random
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -59,14 +59,19 @@ def repeat_batch(gen: torch.Generator, batch: int, seq_len: int, vocab: int, bos
     return rows
 
 
-def repeated_random_tokens(n_seqs: int, half: int, vocab: int, seed: int, bos: int = 0) -> torch.Tensor:
-    """Scoring sequences `[bos][r_1..r_half][r_1..r_half]`, r uniform in [1, vocab).
+def repeated_random_tokens(n_seqs: int, half: int, vocab: int, seed: int, bos: int = 0,
+                           pool: torch.Tensor | None = None) -> torch.Tensor:
+    """Scoring sequences `[bos][r_1..r_half][r_1..r_half]`, r uniform in [1, vocab), or, given a
+    `pool` of token ids, `half` distinct ids of the pool per sequence (`vocab` is then unused).
 
     Returns:
         LongTensor [n_seqs, 1 + 2 * half].
     """
     gen = torch.Generator().manual_seed(seed)
-    r = torch.randint(1, vocab, (n_seqs, half), generator=gen)
+    if pool is None:
+        r = torch.randint(1, vocab, (n_seqs, half), generator=gen)
+    else:
+        r = pool[torch.stack([torch.randperm(len(pool), generator=gen)[:half] for _ in range(n_seqs)])]
     return torch.cat([torch.full((n_seqs, 1), bos), r, r], dim=1)
 
 
@@ -231,6 +236,14 @@ def copy_words() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*_word_pool(), *ioi_names()]))
 
 
+def one_token_words(encode: Callable[[str], list[int]]) -> list[int]:
+    """The sorted ids of the `copy_words` that `encode` (text -> ids, no special tokens) makes one
+    token with their leading space: small's copy rows (`train.repeat_token_ids`, a `tokenizers`
+    tokenizer) and `induction(tokens=words)` (a Hugging Face one) both call this."""
+    ids = (encode(" " + w) for w in copy_words())
+    return sorted({i[0] for i in ids if len(i) == 1})
+
+
 def _repeat_doc(rng: random.Random) -> str:
     words = rng.sample(_word_pool(), rng.randint(4, 10))
     return " ".join(words) + ". " + " ".join(words) + "."
@@ -345,6 +358,13 @@ def _varied_gt_doc(rng: random.Random) -> str:
 VARIED_SEED_OFFSET = 2_000_029  # small's varied sentences: a seed stream of their own
 
 
+def varied_counts(name: str) -> tuple[int, int]:
+    """(varied IOI, varied Greater-Than) sentences text recipe `name` reads beside mini's documents."""
+    from mechstudy.stdlib.zoo.train import SMALL
+
+    return (SMALL["varied_ioi"], SMALL["varied_gt"]) if name == "small" else (0, 0)
+
+
 def varied_documents(n_ioi: int, n_gt: int, seed: int) -> list[str]:
     """small's extra documents: `n_ioi` varied IOI sentences, then `n_gt` varied Greater-Than ones."""
     rng = random.Random(VARIED_SEED_OFFSET + seed)
@@ -361,14 +381,11 @@ HELDOUT_SEED_OFFSET = 1_000_003  # held-out documents: a seed stream no recipe t
 def training_documents(name: str = "mini", seed: int = 0) -> tuple[str, ...]:
     """The documents zoo model `name` was trained on, in the order the recipe generates them
     (small: mini's, then its varied IOI and Greater-Than sentences)."""
-    from mechstudy.stdlib.zoo.train import MINI, SMALL
+    from mechstudy.stdlib.zoo.train import MINI
 
     if name not in TEXT_RECIPES:
         raise ValueError(f"zoo model {name!r} is not trained on text (text recipes: {', '.join(TEXT_RECIPES)})")
-    docs = mini_documents(MINI["n_docs"], seed)
-    if name == "small":
-        docs += varied_documents(SMALL["varied_ioi"], SMALL["varied_gt"], seed)
-    return tuple(docs)
+    return tuple(mini_documents(MINI["n_docs"], seed) + varied_documents(*varied_counts(name), seed))
 
 
 def _seen(docs: tuple[str, ...]) -> frozenset[str]:
@@ -390,12 +407,8 @@ def heldout_documents(name: str = "mini", seed: int = 0) -> Iterator[str]:
     rng = random.Random(HELDOUT_SEED_OFFSET + seed)
     kinds = list(DOC_KINDS)
     weights = [DOC_KINDS[k][0] for k in kinds]
-    varied = 0.0
-    if name == "small":  # its varied sentences too, in the share the recipe reads them
-        from mechstudy.stdlib.zoo.train import MINI, SMALL
-
-        n_ioi, n_gt = SMALL["varied_ioi"], SMALL["varied_gt"]
-        varied = (n_ioi + n_gt) / (MINI["n_docs"] + n_ioi + n_gt)
+    n_ioi, n_gt = varied_counts(name)  # small's varied sentences too, in the share its recipe reads them
+    varied = (n_ioi + n_gt) / len(training_documents(name, seed))
     while True:
         if varied and rng.random() < varied:
             doc = (_varied_ioi_doc if rng.random() * (n_ioi + n_gt) < n_ioi else _varied_gt_doc)(rng)

@@ -175,12 +175,7 @@ def measure_small(model: Any, tok: Tokenizer, n_seqs: int = 64) -> dict:
         per_half = {}
         for half in INDUCTION_HALVES:
             assert not corpus.offset_seen_in_training(half)
-            if pool is None:
-                seqs = corpus.repeated_random_tokens(n_seqs, half, model.config.vocab_size, EVAL_SEED + half, bos=eos)
-            else:
-                gen = torch.Generator().manual_seed(EVAL_SEED + half)
-                r = pool[torch.stack([torch.randperm(len(pool), generator=gen)[:half] for _ in range(n_seqs)])]
-                seqs = torch.cat([torch.full((n_seqs, 1), eos), r, r], dim=1)
+            seqs = corpus.repeated_random_tokens(n_seqs, half, model.config.vocab_size, EVAL_SEED + half, bos=eos, pool=pool)
             per_half[half] = B.induction_scores(model, seqs)
         report[key] = _summarise_induction(per_half)
     return report

@@ -278,8 +278,7 @@ def repeat_token_ids(tok: Tokenizer, which: str = "words") -> list[int]:
     eos = tok.token_to_id(vocab.EOS)
     if which == "all":
         return [i for i in range(tok.get_vocab_size()) if i != eos]
-    ids = [tok.encode(" " + w).ids for w in corpus.copy_words()]
-    return sorted({i[0] for i in ids if len(i) == 1})
+    return corpus.one_token_words(lambda text: tok.encode(text, add_special_tokens=False).ids)
 
 
 SMALL_WHY_ROTARY = (
